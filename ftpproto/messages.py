@@ -1,0 +1,134 @@
+"""The op table of protocol v1 and request validation.
+
+`OPS` says, for each op, which fields it takes (with their JSON type and
+default), whether it needs a logged-in or anonymous user, and whether it
+writes. `validate_request()` is the one gatekeeper for field types: it
+returns the op's spec and its arguments with defaults filled in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadRequestError, UnknownOpError
+
+__all__ = [
+    "OPS",
+    "PROTOCOL_VERSION",
+    "Field",
+    "OpSpec",
+    "check_type",
+    "op_spec",
+    "parse_args",
+    "validate_md5",
+    "validate_request",
+]
+
+PROTOCOL_VERSION = 1
+REQUIRED = object()
+_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # "str", "int" (non-negative), "bool", "md5"
+    default: Any = REQUIRED
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    fields: dict[str, Field] = field(default_factory=dict)
+    needs_auth: bool = True
+    writes: bool = False
+
+
+OPS: dict[str, OpSpec] = {
+    spec.name: spec
+    for spec in (
+        OpSpec("login", {"user": Field("str"), "password": Field("str")}, needs_auth=False),
+        OpSpec("ls", {"path": Field("str", "/")}),
+        OpSpec("stat", {"path": Field("str")}),
+        OpSpec("get", {"path": Field("str"), "offset": Field("int", 0)}),
+        OpSpec(
+            "put",
+            {
+                "path": Field("str"),
+                "size": Field("int"),
+                "md5": Field("md5"),
+                "overwrite": Field("bool", True),
+                "parents": Field("bool", False),
+            },
+            writes=True,
+        ),
+        OpSpec("mkdir", {"path": Field("str"), "parents": Field("bool", False)}, writes=True),
+        OpSpec("rm", {"path": Field("str")}, writes=True),
+        OpSpec("quit", needs_auth=False),
+    )
+}
+
+# Frames that are only valid inside a get exchange (PROTOCOL.md section 4).
+GET_REPLIES = ("ack", "cancel")
+
+
+def check_type(name: str, value: Any, kind: str) -> Any:
+    """Return `value` if it has JSON type `kind`, else raise `BadRequestError`."""
+    if kind == "str":
+        ok = isinstance(value, str)
+    elif kind == "bool":
+        ok = isinstance(value, bool)
+    elif kind == "int":
+        # JSON true/false decode to bool, a subclass of int: not an integer here.
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    elif kind == "md5":
+        return validate_md5(value, name)
+    else:  # pragma: no cover - a typo in the table
+        raise AssertionError(kind)
+    if not ok:
+        wanted = {"str": "a string", "bool": "true or false", "int": "a non-negative integer"}
+        raise BadRequestError(f"field '{name}' must be {wanted[kind]}")
+    return value
+
+
+def validate_md5(value: Any, name: str = "md5") -> str:
+    """Return a 32-digit hex MD5 in lower case, else raise `BadRequestError`."""
+    if not isinstance(value, str) or not _MD5.fullmatch(value):
+        raise BadRequestError(f"field '{name}' must be 32 hexadecimal digits")
+    return value.lower()
+
+
+def op_spec(message: dict) -> OpSpec:
+    """Return the spec of the request's op; `UnknownOpError` if there is none."""
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise BadRequestError("request has no string field 'op'")
+    spec = OPS.get(op)
+    if spec is None:
+        if op in GET_REPLIES:
+            raise BadRequestError(f"'{op}' is only valid right after a get header")
+        raise UnknownOpError(f"unknown op {op[:40]!r}")
+    return spec
+
+
+def parse_args(spec: OpSpec, message: dict) -> dict[str, Any]:
+    """Return the op's arguments, defaults filled in and unknown fields dropped.
+
+    Raises `BadRequestError` for a missing or mistyped field.
+    """
+    args: dict[str, Any] = {}
+    for name, spec_field in spec.fields.items():
+        if name in message:
+            args[name] = check_type(name, message[name], spec_field.kind)
+        elif spec_field.default is REQUIRED:
+            raise BadRequestError(f"'{spec.name}' needs field '{name}'")
+        else:
+            args[name] = spec_field.default
+    return args
+
+
+def validate_request(message: dict) -> tuple[OpSpec, dict[str, Any]]:
+    """Check a request frame against the op table: `op_spec()` then `parse_args()`."""
+    spec = op_spec(message)
+    return spec, parse_args(spec, message)

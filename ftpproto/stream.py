@@ -1,0 +1,92 @@
+"""The one socket adapter: frames in and out, and exact-length data phases.
+
+`FrameStream` wraps a connected socket (plain or TLS). Control messages go
+through `FrameDecoder`; data phases move raw bytes through one reused buffer
+on the receiving side and `socket.sendfile` (zero copy on plain TCP) on the
+sending side. Both sides of the protocol use this class and nothing else to
+touch the wire.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import BinaryIO
+
+from .framing import FrameDecoder, encode_frame
+
+__all__ = ["BUFFER_SIZE", "FrameStream", "PeerClosedError", "ShortReadError"]
+
+BUFFER_SIZE = 256 * 1024
+SENDFILE_CHUNK = 8 * 1024 * 1024  # how often a long sendfile reports progress
+
+
+class PeerClosedError(ConnectionError):
+    """The peer closed the connection between two frames."""
+
+
+class ShortReadError(ConnectionError):
+    """The connection ended inside a frame or a data phase."""
+
+
+class FrameStream:
+    def __init__(self, sock: socket.socket, buffer_size: int = BUFFER_SIZE) -> None:
+        self.sock = sock
+        self._decoder = FrameDecoder()
+        self._buffer = bytearray(buffer_size)
+        self._view = memoryview(self._buffer)
+
+    def send(self, message: dict) -> None:
+        self.sock.sendall(encode_frame(message))
+
+    def recv(self) -> dict:
+        """Return the next message; `PeerClosedError` on a clean end of stream."""
+        while True:
+            message = self._decoder.next_message()
+            if message is not None:
+                return message
+            received = self.sock.recv_into(self._buffer)
+            if not received:
+                if self._decoder.buffered:
+                    raise ShortReadError("connection closed inside a frame")
+                raise PeerClosedError("connection closed by peer")
+            self._decoder.feed(self._view[:received])
+
+    def recv_data(self, count: int, consume: Callable[[memoryview], object]) -> None:
+        """Read exactly `count` raw bytes, handing each chunk to `consume`.
+
+        The chunk is a view into a reused buffer: `consume` must use it
+        before returning. Raises `ShortReadError` if the stream ends early.
+        """
+        remaining = count
+        if self._decoder.buffered and remaining:
+            early = self._decoder.take_buffered(remaining)
+            consume(memoryview(early))
+            remaining -= len(early)
+        while remaining:
+            received = self.sock.recv_into(self._buffer, min(remaining, len(self._buffer)))
+            if not received:
+                raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
+            consume(self._view[:received])
+            remaining -= received
+
+    def send_file(
+        self,
+        file: BinaryIO,
+        offset: int,
+        count: int,
+        progress: Callable[[int], object] | None = None,
+    ) -> None:
+        """Send `count` bytes of `file` from `offset`; zero copy where the OS allows."""
+        end = offset + count
+        while offset < end:
+            chunk = min(SENDFILE_CHUNK, end - offset)
+            sent = self.sock.sendfile(file, offset, chunk)
+            if sent != chunk:
+                raise ShortReadError(f"file ended {end - offset - sent} bytes early")
+            offset += sent
+            if progress is not None:
+                progress(sent)
+
+    def close(self) -> None:
+        self.sock.close()

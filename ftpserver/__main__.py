@@ -1,0 +1,141 @@
+"""The `ftpserver` command: serve a config, or add a user to it.
+
+ftpserver --config conf/server.yaml [--host H] [--port P]
+ftpserver adduser NAME --config conf/server.yaml [--password-stdin]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import getpass
+import logging
+import signal
+import sys
+import threading
+
+from .auth import hash_password
+from .config import PERMISSIONS, ConfigError, load_config, parse_size, read_user_entries, save_users
+from .server import FileServer, _version
+
+__all__ = ["main"]
+
+log = logging.getLogger("ftpserver")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    config_help = "the server's YAML config (e.g. conf/server.yaml)"
+    parser = argparse.ArgumentParser(
+        prog="ftpserver",
+        description="Serve files over the sockftp protocol.",
+        epilog="Run `ftpserver adduser --help` to add a user.",
+    )
+    parser.add_argument("--config", metavar="FILE", help=config_help)
+    parser.add_argument("--host", help="listen on this address instead of the config's")
+    parser.add_argument("--port", type=int, help="listen on this port instead of the config's (0: any)")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    adduser = commands.add_parser(
+        "adduser",
+        help="add a user, or change a user's password",
+        description="Add a user to the config's users file, or change its password and settings.",
+    )
+    adduser.add_argument("name", metavar="NAME")
+    adduser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+    adduser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    adduser.add_argument("--home", help="home directory, relative to the storage root (default: NAME)")
+    adduser.add_argument("--permissions", choices=PERMISSIONS, help="r or rw (default: rw)")
+    adduser.add_argument("--quota", help="bytes the user may store, e.g. 10GB (default: no quota)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("--config FILE is required")
+    try:
+        if args.command == "adduser":
+            return add_user(args)
+        return serve(args)
+    except ConfigError as exc:
+        print(f"ftpserver: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def serve(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    config = dataclasses.replace(config, **overrides)
+    logging.basicConfig(
+        level=(args.log_level or config.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server = FileServer(config)
+    except OSError as exc:
+        print(f"ftpserver: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    host, port = server.address
+    log.info("listening on %s:%s, storage %s", host, port, config.storage_root)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    while not stop.wait(0.5):
+        pass
+    log.info("stopping: no new connections; running transfers get %gs", config.limits.shutdown_grace)
+    server.stop()
+    log.info("stopped")
+    return 0
+
+
+def add_user(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        quota = parse_size(args.quota) if args.quota is not None else None
+    except ValueError as exc:
+        print(f"ftpserver: --quota: {exc}", file=sys.stderr)
+        return 2
+    password = read_password(args.password_stdin)
+    if password is None:
+        return 1
+    entries = read_user_entries(config.users_file)
+    entry = entries.get(args.name, {})
+    entry["password"] = hash_password(password)
+    entry.setdefault("home", args.name)
+    entry.setdefault("permissions", "rw")
+    for key, value in (("home", args.home), ("permissions", args.permissions), ("quota", quota)):
+        if value is not None:
+            entry[key] = value
+    entries[args.name] = entry
+    save_users(config.users_file, entries)
+    load_config(args.config)  # proves the file we wrote reads back
+    print(f"ftpserver: user {args.name!r} saved in {config.users_file}", file=sys.stderr)
+    return 0
+
+
+def read_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            print("ftpserver: no terminal to ask for a password; use --password-stdin", file=sys.stderr)
+            return None
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Password again: ") != password:
+            print("ftpserver: the passwords differ; nothing changed", file=sys.stderr)
+            return None
+    if not password:
+        print("ftpserver: empty password; nothing changed", file=sys.stderr)
+        return None
+    return password
+
+
+if __name__ == "__main__":
+    sys.exit(main())

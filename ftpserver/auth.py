@@ -1,0 +1,57 @@
+"""Password hashes and their check.
+
+Passwords are stored as `scrypt$N$r$p$salt$hash` (salt and hash in URL-safe
+base64), never in plain text. `verify_password()` compares in constant time
+and does the same work for an unknown user as for a known one, so a wrong
+name and a wrong password look alike from the outside, timing included.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+__all__ = ["hash_password", "verify_password"]
+
+_N, _R, _P = 2**14, 8, 1
+_DUMMY_HASH = None  # built on first use: the hash an unknown user is checked against
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=32)
+
+
+def hash_password(password: str) -> str:
+    """Return a salted scrypt hash of `password` in the stored format."""
+    salt = os.urandom(16)
+    return f"scrypt${_N}${_R}${_P}${_b64(salt)}${_b64(_scrypt(password, salt, _N, _R, _P))}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """True if `password` matches `stored`; `stored=None` (no such user) is always False."""
+    global _DUMMY_HASH
+    if stored is None:
+        if _DUMMY_HASH is None:
+            _DUMMY_HASH = hash_password(os.urandom(8).hex())
+        stored = _DUMMY_HASH
+        known = False
+    else:
+        known = True
+    try:
+        scheme, n, r, p, salt, expected = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(actual, _unb64(expected)) and known

@@ -1,0 +1,278 @@
+"""Server configuration: YAML files in, frozen dataclasses out.
+
+`load_config()` reads the main config and the users file it points to, checks
+every key and value, and raises `ConfigError` naming the file and the key at
+fault. Relative paths are relative to the file that holds them, so the server
+starts the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Account",
+    "ConfigError",
+    "Limits",
+    "ServerConfig",
+    "load_config",
+    "load_users",
+    "parse_size",
+    "read_user_entries",
+    "save_users",
+]
+
+PERMISSIONS = ("r", "rw")
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgtp", start=1):
+    _UNITS[_p] = _UNITS[_p + "b"] = 1000**_i
+    _UNITS[_p + "i"] = _UNITS[_p + "ib"] = 1024**_i
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and key."""
+
+
+def parse_size(value: Any) -> int:
+    """Return a byte count from an int or a string like `10GB`, `512MiB`, `1.5k`."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    if not match:
+        raise ValueError(f"{value!r} is not a size (use bytes or units like 10GB, 512MiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who a session acts as: a named user, or `None` for anonymous."""
+
+    name: str | None
+    home: Path
+    permissions: str
+    quota: int | None = None
+    password_hash: str = field(default="", repr=False)
+
+    @property
+    def can_write(self) -> bool:
+        return self.permissions == "rw"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_connections: int = 100
+    max_connections_per_address: int = 20
+    idle_timeout: float = 300.0
+    stall_timeout: float = 60.0
+    login_delay: float = 1.0
+    max_failed_logins: int = 3
+    max_file_size: int | None = None
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    path: Path
+    host: str
+    port: int
+    storage_root: Path
+    users_file: Path
+    users: dict[str, Account]
+    anonymous: Account | None
+    limits: Limits
+    log_level: str = "info"
+
+
+class _Section:
+    """Reads one mapping of a YAML file, naming `file: key` in every error."""
+
+    def __init__(self, file: Path, prefix: str, data: Any) -> None:
+        self.file, self.prefix = file, prefix
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise self.error("", "must be a mapping")
+        self.data = data
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        name = ".".join(p for p in (self.prefix, key) if p) or "top level"
+        return ConfigError(f"{self.file}: {name}: {problem}")
+
+    def only(self, *allowed: str) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise self.error(str(key), f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None) -> Any:
+        value = self.data.get(key, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.error(key, f"must be {_kind_name(kind)}, not {value!r}")
+        if not isinstance(value, kind):
+            raise self.error(key, f"must be {_kind_name(kind)}, not {value!r}")
+        return value
+
+    def number(self, key: str, default: float, minimum: float = 0) -> float:
+        value = self.get(key, (int, float), default)
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}")
+        return value
+
+    def size(self, key: str) -> int | None:
+        value = self.data.get(key)
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
+
+    def section(self, key: str) -> _Section:
+        return _Section(self.file, ".".join(p for p in (self.prefix, key) if p), self.data.get(key))
+
+    def home(self, key: str, root: Path) -> Path:
+        """A home directory: relative to the storage root, and inside it."""
+        value = self.get(key, str, "/")
+        home = (root / value.lstrip("/")).resolve()
+        if home != root and root not in home.parents:
+            raise self.error(key, f"{value!r} is outside the storage root")
+        return home
+
+    def permissions(self, key: str, default: str) -> str:
+        value = self.get(key, str, default)
+        if value not in PERMISSIONS:
+            raise self.error(key, f"must be 'r' or 'rw', not {value!r}")
+        return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "a number", float: "a number", dict: "a mapping", bool: "true or false"}
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as file:
+            return yaml.safe_load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_config(path: str | Path) -> ServerConfig:
+    """Read and check the main config and its users file."""
+    path = Path(path).absolute()
+    top = _Section(path, "", _read_yaml(path))
+    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level")
+    base = path.parent
+
+    listen = top.section("listen")
+    listen.only("host", "port")
+    host = listen.get("host", str, "127.0.0.1")
+    port = int(listen.number("port", 9999))
+    if port > 65535:
+        raise listen.error("port", "must be at most 65535")
+
+    root = (base / top.get("storage", str, "storage")).resolve()
+    if not root.is_dir():
+        raise top.error("storage", f"{root} is not a directory")
+
+    anon = top.section("anonymous")
+    anon.only("enabled", "home", "permissions", "quota")
+    anonymous = None
+    if anon.get("enabled", bool, False):
+        anonymous = Account(
+            None, anon.home("home", root), anon.permissions("permissions", "r"), anon.size("quota")
+        )
+
+    lim = top.section("limits")
+    lim.only(*Limits.__dataclass_fields__)
+    limits = Limits(
+        max_connections=int(lim.number("max_connections", Limits.max_connections, 1)),
+        max_connections_per_address=int(
+            lim.number("max_connections_per_address", Limits.max_connections_per_address, 1)
+        ),
+        idle_timeout=lim.number("idle_timeout", Limits.idle_timeout, 0.1),
+        stall_timeout=lim.number("stall_timeout", Limits.stall_timeout, 0.1),
+        login_delay=lim.number("login_delay", Limits.login_delay),
+        max_failed_logins=int(lim.number("max_failed_logins", Limits.max_failed_logins, 1)),
+        max_file_size=lim.size("max_file_size"),
+        shutdown_grace=lim.number("shutdown_grace", Limits.shutdown_grace),
+    )
+
+    log_level = top.get("log_level", str, "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise top.error("log_level", "must be debug, info, warning or error")
+
+    users_file = (base / top.get("users_file", str, "users.yaml")).absolute()
+    return ServerConfig(
+        path=path,
+        host=host,
+        port=port,
+        storage_root=root,
+        users_file=users_file,
+        users=load_users(users_file, root),
+        anonymous=anonymous,
+        limits=limits,
+        log_level=log_level,
+    )
+
+
+def load_users(path: Path, root: Path) -> dict[str, Account]:
+    """Read the users file; a file that does not exist yet holds no users."""
+    if not path.exists():
+        return {}
+    top = _Section(path, "", _read_yaml(path))
+    top.only("users")
+    users = top.section("users")
+    accounts = {}
+    for name in users.data:
+        entry = users.section(str(name))
+        entry.only("password", "home", "permissions", "quota")
+        password_hash = entry.get("password", str, "")
+        if not password_hash:
+            raise entry.error("password", "is missing (set it with `ftpserver adduser`)")
+        entry.data.setdefault("home", str(name))
+        accounts[str(name)] = Account(
+            name=str(name),
+            home=entry.home("home", root),
+            permissions=entry.permissions("permissions", "rw"),
+            quota=entry.size("quota"),
+            password_hash=password_hash,
+        )
+    return accounts
+
+
+def read_user_entries(path: Path) -> dict[str, dict]:
+    """The users file as plain data, for `adduser` to change and `save_users()` to write."""
+    if not path.exists():
+        return {}
+    data = _read_yaml(path) or {}
+    users = data.get("users") if isinstance(data, dict) else None
+    return dict(users) if isinstance(users, dict) else {}
+
+
+def save_users(path: Path, entries: dict[str, dict]) -> None:
+    """Write the users file atomically (temp file, fsync, rename)."""
+    text = (
+        "# sockftp users; written by `ftpserver adduser`. Homes are relative to the storage root.\n"
+        + yaml.safe_dump({"users": entries}, sort_keys=True, allow_unicode=True)
+    )
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    tmp.replace(path)

@@ -1,0 +1,220 @@
+"""One client session: greet, then read a request, check it, run its `op_*()`.
+
+`Session.dispatch()` is the one gatekeeper: it looks the op up in the
+protocol's table, checks auth and write permission, then parses the fields,
+so each `op_*()` is short and only does its op. Errors are `ProtocolError`s;
+`handle()` turns them into error frames and closes when the protocol says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import socket
+import socketserver
+import time
+from typing import TYPE_CHECKING
+
+from ftpproto import (
+    PROTOCOL_VERSION,
+    AuthFailedError,
+    AuthRequiredError,
+    BadRequestError,
+    ForbiddenError,
+    FrameStream,
+    InternalError,
+    PeerClosedError,
+    ProtocolError,
+    TimedOutError,
+)
+from ftpproto.messages import op_spec, parse_args
+
+from .auth import verify_password
+
+if TYPE_CHECKING:
+    from .server import FileServer
+
+__all__ = ["LS_PAGE", "Session"]
+
+log = logging.getLogger("ftpserver.session")
+LS_PAGE = 1000
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def clean(text: object) -> str:
+    """A peer-supplied string made safe for a one-line log."""
+    return _UNPRINTABLE.sub("?", str(text))[:200]
+
+
+class Session(socketserver.BaseRequestHandler):
+    server: FileServer
+
+    def setup(self) -> None:
+        self.config = self.server.config
+        self.limits = self.config.limits
+        self.storage = self.server.storage
+        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.account = self.config.anonymous
+        self.failed_logins = 0
+        self.busy = False
+        self.stream = FrameStream(self.request)
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.request.settimeout(self.limits.idle_timeout)
+        self.server.session_started(self)
+
+    def finish(self) -> None:
+        self.server.session_ended(self)
+
+    def handle(self) -> None:
+        log.info("connect %s", self.peer)
+        started = time.monotonic()
+        try:
+            if self.account is not None:
+                self.storage.ensure_home(self.account)
+            self.stream.send(self.greeting())
+            while not self.server.stopping and self.serve_one():
+                pass
+        except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
+            log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
+        log.info("disconnect %s after %.1fs", self.peer, time.monotonic() - started)
+
+    def greeting(self) -> dict:
+        return {
+            "type": "hello",
+            "proto": PROTOCOL_VERSION,
+            "server": f"sockftp/{self.server.version}",
+            "auth": "optional" if self.config.anonymous is not None else "required",
+        }
+
+    def serve_one(self) -> bool:
+        """Read and answer one request; False when the connection must end."""
+        try:
+            try:
+                message = self.stream.recv()
+            except TimeoutError:
+                raise TimedOutError(f"no request for {self.limits.idle_timeout:g} seconds") from None
+            self.busy = True
+            return self.dispatch(message)
+        except ProtocolError as exc:
+            self.send_error(exc)
+            return not exc.closes
+        except (ConnectionError, TimeoutError):
+            raise
+        except Exception:
+            log.exception("internal error serving %s", self.peer)
+            self.send_error(InternalError("the server failed to handle this request"))
+            return False
+        finally:
+            self.busy = False
+
+    def send_error(self, exc: ProtocolError) -> None:
+        log.info("error %s %s: %s", self.peer, exc.code, exc.message)
+        with contextlib.suppress(OSError):
+            self.stream.send(exc.to_response())
+
+    def dispatch(self, message: dict) -> bool:
+        spec = op_spec(message)
+        if spec.needs_auth and self.account is None:
+            raise AuthRequiredError("log in first")
+        if spec.writes and not self.account.can_write:
+            raise ForbiddenError("this account may not write")
+        return getattr(self, f"op_{spec.name}")(**parse_args(spec, message)) is not False
+
+    # -- ops: each returns False only when the connection must end -------------
+
+    def op_login(self, user: str, password: str) -> None:
+        account = self.config.users.get(user)
+        if not verify_password(password, account.password_hash if account else None):
+            self.failed_logins += 1
+            log.warning("login failed %s user=%r", self.peer, clean(user))
+            time.sleep(self.limits.login_delay)
+            closes = self.failed_logins >= self.limits.max_failed_logins
+            raise AuthFailedError("wrong user name or password", closes=closes)
+        self.account = account
+        self.storage.ensure_home(account)
+        log.info("login %s user=%r permissions=%s", self.peer, clean(user), account.permissions)
+        self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
+
+    def op_ls(self, path: str) -> None:
+        vpath, entries = self.storage.list(self.account, path)
+        for start in range(0, max(len(entries), 1), LS_PAGE):
+            more = start + LS_PAGE < len(entries)
+            page = entries[start : start + LS_PAGE]
+            self.stream.send({"ok": True, "path": vpath, "entries": page, "more": more})
+
+    def op_stat(self, path: str) -> None:
+        self.stream.send({"ok": True, **self.storage.stat(self.account, path)})
+
+    def op_get(self, path: str, offset: int) -> None:
+        started = time.monotonic()
+        snapshot = self.storage.open_snapshot(self.account, path)
+        try:
+            if offset > snapshot.size:
+                raise BadRequestError(f"offset {offset} is past the end of the file ({snapshot.size} bytes)")
+            self.stream.send({"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset})
+            reply = self.stream.recv().get("op")
+            if reply == "cancel":
+                self.log_transfer("get", path, 0, started, "cancelled")
+                return
+            if reply != "ack":
+                raise BadRequestError("expected 'ack' or 'cancel' after a get header", closes=True)
+            self.request.settimeout(self.limits.stall_timeout)
+            try:
+                self.stream.send_file(snapshot.file, offset, snapshot.size - offset)
+            except (OSError, ConnectionError) as exc:
+                self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
+                raise
+            self.log_transfer("get", path, snapshot.size - offset, started, "ok")
+        finally:
+            snapshot.close()
+            self.request.settimeout(self.limits.idle_timeout)
+
+    def op_put(self, path: str, size: int, md5: str, overwrite: bool, parents: bool) -> None:
+        started = time.monotonic()
+        upload = self.storage.begin_upload(self.account, path, size, md5, overwrite, parents)
+        count = size - upload.offset
+        try:
+            self.stream.send({"ok": True, "offset": upload.offset})
+            self.request.settimeout(self.limits.stall_timeout)
+            try:
+                self.stream.recv_data(count, upload.write)
+            except TimeoutError:
+                raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
+            upload.finish()
+        except BaseException as exc:
+            upload.abort()
+            result = getattr(exc, "code", exc.__class__.__name__)
+            self.log_transfer("put", path, 0, started, f"failed ({result})")
+            raise
+        finally:
+            self.request.settimeout(self.limits.idle_timeout)
+        self.log_transfer("put", path, count, started, "ok")
+        self.stream.send({"ok": True, "size": size, "md5": md5})
+
+    def op_mkdir(self, path: str, parents: bool) -> None:
+        self.storage.mkdir(self.account, path, parents)
+        log.info("mkdir %s %s", self.peer, path)
+        self.stream.send({"ok": True})
+
+    def op_rm(self, path: str) -> None:
+        self.storage.remove(self.account, path)
+        log.info("rm %s %s", self.peer, path)
+        self.stream.send({"ok": True})
+
+    def op_quit(self) -> bool:
+        self.stream.send({"ok": True})
+        return False
+
+    def log_transfer(self, op: str, path: str, count: int, started: float, result: str) -> None:
+        user = self.account.name if self.account and self.account.name else "anonymous"
+        log.info(
+            "transfer %s %s user=%s path=%r bytes=%d seconds=%.3f result=%s",
+            op,
+            self.peer,
+            clean(user),
+            path,
+            count,
+            time.monotonic() - started,
+            result,
+        )

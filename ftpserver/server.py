@@ -1,0 +1,125 @@
+"""`FileServer`: a `ThreadingTCPServer` with connection limits and a graceful stop.
+
+Connection limits live in `verify_request()`: a connection over the total or
+per-address limit gets a `busy` frame and is closed before a thread starts.
+`stop()` ends idle sessions at once and gives running transfers
+`shutdown_grace` seconds to finish.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import logging
+import socket
+import socketserver
+import threading
+import time
+from importlib import metadata
+
+from ftpproto import BusyError, encode_frame
+
+from .config import ServerConfig
+from .handler import Session
+from .storage import Storage
+
+__all__ = ["FileServer"]
+
+log = logging.getLogger("ftpserver")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sockftp")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class FileServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.storage = Storage(config.storage_root, config.limits.max_file_size)
+        self.version = _version()
+        self.stopping = False
+        self._lock = threading.Lock()
+        self._sessions: set[Session] = set()
+        self._per_address: collections.Counter[str] = collections.Counter()
+        super().__init__((config.host, config.port), Session)
+        if config.anonymous is not None and config.anonymous.can_write and not self._loopback():
+            log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server_address[0], self.server_address[1]
+
+    def _loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.server_address[0]).is_loopback
+        except ValueError:
+            return False
+
+    # -- socketserver hooks ----------------------------------------------------
+
+    def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
+        limits = self.config.limits
+        host = client_address[0]
+        with self._lock:
+            if self.stopping:
+                reason = "the server is shutting down"
+            elif sum(self._per_address.values()) >= limits.max_connections:
+                reason = "the server is at its connection limit"
+            elif self._per_address[host] >= limits.max_connections_per_address:
+                reason = "too many connections from your address"
+            else:
+                self._per_address[host] += 1
+                return True
+        log.warning("refused %s:%s: %s", host, client_address[1], reason)
+        with contextlib.suppress(OSError):
+            request.settimeout(1.0)
+            request.sendall(encode_frame(BusyError(reason).to_response()))
+        return False
+
+    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._lock:
+                host = client_address[0]
+                self._per_address[host] -= 1
+                if self._per_address[host] <= 0:
+                    del self._per_address[host]
+
+    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
+        log.exception("unexpected error with %s:%s", *client_address[:2])
+
+    # -- session bookkeeping, for stop() ---------------------------------------
+
+    def session_started(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.add(session)
+
+    def session_ended(self, session: Session) -> None:
+        with self._lock:
+            self._sessions.discard(session)
+
+    def stop(self) -> None:
+        """Stop accepting, end idle sessions, wait for transfers to finish or time out."""
+        self.stopping = True
+        self.shutdown()
+        with self._lock:
+            sessions = list(self._sessions)
+        for session in sessions:
+            if not session.busy:
+                with contextlib.suppress(OSError):
+                    session.request.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + self.config.limits.shutdown_grace
+        while self._sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._sessions:
+            log.warning("%d sessions still running at shutdown; closing them", len(self._sessions))
+        self.server_close()

@@ -1,0 +1,396 @@
+"""The only module that touches the storage root.
+
+`Storage` maps a client's virtual path to a real path inside the user's home
+(refusing anything that leaves it, symlinks included), lists and stats, opens
+consistent snapshots for `get`, and runs uploads atomically: bytes go to a
+hidden partial file in the destination directory, are hashed as they arrive,
+fsynced, checked against the announced MD5 and only then renamed over the
+target. A partial file is named after (name, size, md5), so the same `put`
+after a dropped connection finds it and resumes; names starting with
+`.sockftp` are never listed, served or accepted from a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import stat as stat_mod
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ftpproto import (
+    ChecksumMismatchError,
+    ExistsError,
+    ForbiddenError,
+    InternalError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotEmptyError,
+    NotFoundError,
+    ProtocolError,
+    QuotaExceededError,
+    TooLargeError,
+    join_path,
+    split_path,
+)
+from ftpproto.paths import RESERVED_PREFIX
+
+from .config import Account
+
+__all__ = ["Snapshot", "Storage", "Upload", "file_md5"]
+
+PARTIAL_PREFIX = RESERVED_PREFIX + ".part."
+HASH_CHUNK = 1024 * 1024
+
+_ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
+    errno.ENOENT: (NotFoundError, "no such file or directory"),
+    errno.ENOTDIR: (NotDirectoryError, "a component of the path is not a directory"),
+    errno.EISDIR: (IsDirectoryError, "is a directory"),
+    errno.EEXIST: (ExistsError, "already exists"),
+    errno.ENOTEMPTY: (NotEmptyError, "directory is not empty"),
+    errno.EACCES: (ForbiddenError, "permission denied by the server's filesystem"),
+    errno.EPERM: (ForbiddenError, "permission denied by the server's filesystem"),
+    errno.ENOSPC: (QuotaExceededError, "the server's disk is full"),
+    errno.EDQUOT: (QuotaExceededError, "the server's disk quota is exhausted"),
+    errno.EFBIG: (TooLargeError, "the file is larger than the server can store"),
+    errno.ENAMETOOLONG: (ForbiddenError, "name too long for the server's filesystem"),
+}
+
+
+@contextlib.contextmanager
+def os_errors(path: str) -> Iterator[None]:
+    """Turn an `OSError` into the protocol error it means, naming only the virtual path."""
+    try:
+        yield
+    except OSError as exc:
+        cls, text = _ERRNO_ERRORS.get(exc.errno, (InternalError, "storage error"))
+        raise cls(f"{path}: {text}") from exc
+
+
+def file_md5(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
+    """Hash `file` from its start (up to `limit` bytes) and return the hash object."""
+    digest = hashlib.md5()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    remaining = limit
+    file.seek(0)
+    while remaining is None or remaining > 0:
+        count = file.readinto(buffer if remaining is None or remaining >= HASH_CHUNK else view[:remaining])
+        if not count:
+            break
+        digest.update(view[:count])
+        if remaining is not None:
+            remaining -= count
+    return digest
+
+
+def _entry(name: str, st: os.stat_result) -> dict:
+    is_dir = stat_mod.S_ISDIR(st.st_mode)
+    return {
+        "name": name,
+        "type": "dir" if is_dir else "file",
+        "size": 0 if is_dir else st.st_size,
+        "mtime": st.st_mtime,
+    }
+
+
+@dataclass
+class Snapshot:
+    """A file opened for `get`: the bytes of this open file never change under us,
+    because uploads replace files by rename and never write in place."""
+
+    file: BinaryIO
+    size: int
+    md5: str
+
+    def close(self) -> None:
+        self.file.close()
+
+
+@dataclass
+class Upload:
+    """One `put` in progress. `offset` bytes are already held; feed the rest to
+    `write()`, then `finish()` (verify, fsync, rename) or `abort()` (keep for resume)."""
+
+    path: str
+    dest: Path
+    partial: Path
+    size: int
+    md5: str
+    offset: int
+    _digest: hashlib._Hash = field(repr=False)
+    _file: BinaryIO | None = field(default=None, repr=False)
+    _release: object = field(default=None, repr=False)
+    _error: ProtocolError | None = field(default=None, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """True when the destination already holds exactly this file."""
+        return self._file is None
+
+    def write(self, chunk: memoryview) -> None:
+        """Store one chunk. After a write error the rest of the data phase is
+        only drained, so the connection stays in step; `finish()` reports it."""
+        if self._error is not None:
+            return
+        try:
+            with os_errors(self.path):
+                self._file.write(chunk)
+        except ProtocolError as exc:
+            self._error = exc
+            return
+        self._digest.update(chunk)
+
+    def finish(self) -> None:
+        if self.complete:
+            return
+        try:
+            if self._error is not None:
+                self.partial.unlink(missing_ok=True)
+                raise self._error
+            with os_errors(self.path):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+            if self._digest.hexdigest() != self.md5:
+                self.partial.unlink(missing_ok=True)
+                raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
+            with os_errors(self.path):
+                os.replace(self.partial, self.dest)
+                _fsync_dir(self.dest.parent)
+        finally:
+            self._close()
+
+    def abort(self) -> None:
+        """Stop without renaming: the partial file stays for a later resume."""
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+        self._close()
+
+    def _close(self) -> None:
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Storage:
+    """File operations for accounts whose homes lie under `root`."""
+
+    def __init__(self, root: Path, max_file_size: int | None = None) -> None:
+        self.root = root.resolve()
+        self.max_file_size = max_file_size
+        self._uploads_lock = threading.Lock()
+        self._uploads_running: set[Path] = set()
+
+    # -- paths -----------------------------------------------------------------
+
+    def ensure_home(self, account: Account) -> None:
+        account.home.mkdir(parents=True, exist_ok=True)
+
+    def resolve(self, account: Account, path: str, follow: bool = True) -> tuple[str, Path]:
+        """Return (canonical virtual path, real path) for `path` in `account`'s home.
+
+        With `follow=False` the last component is not resolved, so a symlink
+        names itself (for `rm`). Raises `ForbiddenError` if the path leaves the home.
+        """
+        parts = split_path(path)
+        home = account.home
+        if not parts:
+            return "/", home
+        parent = Path(os.path.realpath(home.joinpath(*parts[:-1])))
+        real = parent / parts[-1]
+        if follow:
+            real = Path(os.path.realpath(real))
+        if not self._inside(home, real if follow else parent):
+            raise ForbiddenError(f"{join_path(parts)}: path leads outside the home directory")
+        return join_path(parts), real
+
+    @staticmethod
+    def _inside(home: Path, real: Path) -> bool:
+        return real == home or home in real.parents
+
+    # -- reading ---------------------------------------------------------------
+
+    def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
+        vpath, real = self.resolve(account, path)
+        with os_errors(vpath):
+            st = real.stat()
+            if not stat_mod.S_ISDIR(st.st_mode):
+                return vpath, [_entry(real.name, st)]
+            names = sorted(os.listdir(real))
+        entries = []
+        for name in names:
+            if name.startswith(RESERVED_PREFIX):
+                continue
+            target = Path(os.path.realpath(real / name))
+            if not self._inside(account.home, target):
+                continue  # a symlink out of the home is not the user's to see
+            try:
+                st = target.stat()
+            except OSError:
+                continue  # vanished meanwhile, or a dangling link
+            if stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode):
+                entries.append(_entry(name, st))
+        return vpath, entries
+
+    def stat(self, account: Account, path: str) -> dict:
+        vpath, real = self.resolve(account, path)
+        with os_errors(vpath):
+            st = real.stat()
+            entry = _entry("" if vpath == "/" else real.name, st)
+            if entry["type"] == "file":
+                with open(real, "rb") as file:
+                    entry["md5"] = file_md5(file).hexdigest()
+        return entry
+
+    def open_snapshot(self, account: Account, path: str) -> Snapshot:
+        vpath, real = self.resolve(account, path)
+        with os_errors(vpath):
+            file = open(real, "rb")  # noqa: SIM115 - handed to the caller
+            try:
+                st = os.fstat(file.fileno())
+                if stat_mod.S_ISDIR(st.st_mode):
+                    raise IsDirectoryError(f"{vpath}: is a directory")
+                return Snapshot(file, st.st_size, file_md5(file).hexdigest())
+            except BaseException:
+                file.close()
+                raise
+
+    # -- writing ---------------------------------------------------------------
+
+    def begin_upload(
+        self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
+    ) -> Upload:
+        """Check everything a `put` needs before any data flows, and open the partial file."""
+        vpath, dest = self.resolve(account, path)
+        if vpath == "/":
+            raise IsDirectoryError("/: is a directory")
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
+        self._prepare_parent(vpath, dest.parent, parents)
+        with os_errors(vpath):
+            existing = dest.stat() if dest.exists() else None
+        if existing is not None:
+            if stat_mod.S_ISDIR(existing.st_mode):
+                raise IsDirectoryError(f"{vpath}: is a directory")
+            if existing.st_size == size and self._md5_of(dest) == md5:
+                return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
+            if not overwrite:
+                raise ExistsError(f"{vpath}: already exists")
+        partial, release = self._claim_partial(dest, size, md5)
+        try:
+            with os_errors(vpath):
+                held = partial.stat().st_size if partial.exists() else 0
+                if held > size:
+                    held = 0
+                self._check_quota(account, vpath, size - held - (existing.st_size if existing else 0))
+                file = open(partial, "r+b" if held else "wb")  # noqa: SIM115 - owned by Upload
+                file.truncate(held)
+                digest = file_md5(file, held)
+                file.seek(held)
+        except BaseException:
+            release()
+            raise
+        return Upload(vpath, dest, partial, size, md5, held, digest, file, release)
+
+    def _prepare_parent(self, vpath: str, parent: Path, parents: bool) -> None:
+        with os_errors(vpath):
+            if parent.is_dir():
+                return
+            if any(p.exists() and not p.is_dir() for p in (parent, *parent.parents)):
+                raise NotDirectoryError(f"{vpath}: a component of the path is not a directory")
+            if not parents:
+                raise NotFoundError(f"{vpath}: parent directory does not exist")
+            parent.mkdir(parents=True, exist_ok=True)
+
+    def _claim_partial(self, dest: Path, size: int, md5: str) -> tuple[Path, object]:
+        """Return the resumable partial file for this upload and a function releasing it.
+
+        Two sessions uploading the same file at once must not share a partial
+        file: the second gets a private, non-resumable one instead.
+        """
+        key = hashlib.sha256(f"{dest.name}\0{size}\0{md5}".encode()).hexdigest()[:32]
+        partial = dest.parent / f"{PARTIAL_PREFIX}{key}"
+        with self._uploads_lock:
+            if partial in self._uploads_running:
+                partial = dest.parent / f"{RESERVED_PREFIX}.tmp.{uuid.uuid4().hex}"
+            self._uploads_running.add(partial)
+
+        def release() -> None:
+            with self._uploads_lock:
+                self._uploads_running.discard(partial)
+            if partial.name.startswith(RESERVED_PREFIX + ".tmp."):
+                partial.unlink(missing_ok=True)
+
+        return partial, release
+
+    def _check_quota(self, account: Account, vpath: str, growth: int) -> None:
+        if account.quota is None or growth <= 0:
+            return
+        used = self.usage(account.home)
+        if used + growth > account.quota:
+            raise QuotaExceededError(
+                f"{vpath}: needs {growth} more bytes; {used} of {account.quota} bytes are in use"
+            )
+
+    @staticmethod
+    def usage(home: Path) -> int:
+        """Bytes stored under `home`, partial uploads included."""
+        total = 0
+        stack = [home]
+        while stack:
+            with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+        return total
+
+    @staticmethod
+    def _md5_of(path: Path) -> str:
+        with open(path, "rb") as file:
+            return file_md5(file).hexdigest()
+
+    def mkdir(self, account: Account, path: str, parents: bool) -> None:
+        vpath, real = self.resolve(account, path)
+        if real.is_dir():
+            if parents:
+                return
+            raise ExistsError(f"{vpath}: already exists")
+        if real.exists():
+            raise ExistsError(f"{vpath}: already exists")
+        self._prepare_parent(vpath, real.parent, parents)
+        with os_errors(vpath):
+            real.mkdir()
+
+    def remove(self, account: Account, path: str) -> None:
+        vpath, real = self.resolve(account, path, follow=False)
+        if vpath == "/":
+            raise ForbiddenError("/: the home directory cannot be removed")
+        with os_errors(vpath):
+            st = real.lstat()
+            if not stat_mod.S_ISDIR(st.st_mode):
+                real.unlink()
+                return
+            names = os.listdir(real)
+            if any(not name.startswith(RESERVED_PREFIX) for name in names):
+                raise NotEmptyError(f"{vpath}: directory is not empty")
+            for name in names:  # only abandoned partial uploads are left
+                (real / name).unlink()
+            real.rmdir()
