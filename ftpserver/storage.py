@@ -39,14 +39,18 @@ from ftpproto import (
     join_path,
     split_path,
 )
+from ftpproto.checksum import md5_of
 from ftpproto.paths import RESERVED_PREFIX
 
 from .config import Account
 
-__all__ = ["Snapshot", "Storage", "Upload", "file_md5"]
+__all__ = [
+    "Snapshot",
+    "Storage",
+    "Upload",
+]
 
 PARTIAL_PREFIX = RESERVED_PREFIX + ".part."
-HASH_CHUNK = 1024 * 1024
 
 _ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
     errno.ENOENT: (NotFoundError, "no such file or directory"),
@@ -71,23 +75,6 @@ def os_errors(path: str) -> Iterator[None]:
     except OSError as exc:
         cls, text = _ERRNO_ERRORS.get(exc.errno, (InternalError, "storage error"))
         raise cls(f"{path}: {text}") from exc
-
-
-def file_md5(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
-    """Hash `file` from its start (up to `limit` bytes) and return the hash object."""
-    digest = hashlib.md5()
-    buffer = bytearray(HASH_CHUNK)
-    view = memoryview(buffer)
-    remaining = limit
-    file.seek(0)
-    while remaining is None or remaining > 0:
-        count = file.readinto(buffer if remaining is None or remaining >= HASH_CHUNK else view[:remaining])
-        if not count:
-            break
-        digest.update(view[:count])
-        if remaining is not None:
-            remaining -= count
-    return digest
 
 
 def _entry(name: str, st: os.stat_result) -> dict:
@@ -254,8 +241,7 @@ class Storage:
             st = real.stat()
             entry = _entry("" if vpath == "/" else real.name, st)
             if entry["type"] == "file":
-                with open(real, "rb") as file:
-                    entry["md5"] = file_md5(file).hexdigest()
+                entry["md5"] = self._md5_of(real)
         return entry
 
     def open_snapshot(self, account: Account, path: str) -> Snapshot:
@@ -266,7 +252,7 @@ class Storage:
                 st = os.fstat(file.fileno())
                 if stat_mod.S_ISDIR(st.st_mode):
                     raise IsDirectoryError(f"{vpath}: is a directory")
-                return Snapshot(file, st.st_size, file_md5(file).hexdigest())
+                return Snapshot(file, st.st_size, md5_of(file).hexdigest())
             except BaseException:
                 file.close()
                 raise
@@ -301,7 +287,7 @@ class Storage:
                 self._check_quota(account, vpath, size - held - (existing.st_size if existing else 0))
                 file = open(partial, "r+b" if held else "wb")  # noqa: SIM115 - owned by Upload
                 file.truncate(held)
-                digest = file_md5(file, held)
+                digest = md5_of(file, held)
                 file.seek(held)
         except BaseException:
             release()
@@ -365,7 +351,7 @@ class Storage:
     @staticmethod
     def _md5_of(path: Path) -> str:
         with open(path, "rb") as file:
-            return file_md5(file).hexdigest()
+            return md5_of(file).hexdigest()
 
     def mkdir(self, account: Account, path: str, parents: bool) -> None:
         vpath, real = self.resolve(account, path)

@@ -1,0 +1,334 @@
+"""`Client`: the sockftp protocol v1 as a Python library.
+
+    with Client("127.0.0.1", 9999, user="alice", password="...") as client:
+        client.put("report.pdf", "/reports/report.pdf", parents=True)
+        for entry in client.ls("/reports"):
+            print(entry.name, entry.size)
+        client.get("/reports/report.pdf", "copy.pdf")
+
+Every op goes through `_request()`; an error answer raises the
+`ftpproto.ProtocolError` subclass its code names. Transfers verify the MD5 of
+every file they move and take a `progress(done, total)` callback, so the
+library draws nothing itself. Downloads land in a hidden partial file beside
+the target and are renamed only once their MD5 matches; an interrupted
+download resumes from that partial file the next time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ftpproto import (
+    PROTOCOL_VERSION,
+    ChecksumMismatchError,
+    FrameStream,
+    ProtocolError,
+    error_from_response,
+)
+from ftpproto.checksum import md5_of
+from ftpproto.messages import check_type, validate_md5
+
+__all__ = ["Client", "Entry", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
+
+Progress = Callable[[int, int], object]
+PARTIAL_PREFIX = ".sockftp-get-"
+
+
+class ProtocolMismatchError(ProtocolError):
+    """The peer does not speak protocol v1, or broke it."""
+
+    code = "bad_request"
+    closes_by_default = True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One `ls` entry, or a `stat` answer (which adds `md5` for files)."""
+
+    name: str
+    type: str
+    size: int
+    mtime: float
+    md5: str | None = None
+
+    @classmethod
+    def from_message(cls, message: dict) -> Entry:
+        try:
+            md5 = message.get("md5")
+            return cls(
+                name=check_type("name", message.get("name"), "str"),
+                type=message["type"] if message.get("type") in ("file", "dir") else "file",
+                size=check_type("size", message.get("size"), "int"),
+                mtime=float(message.get("mtime", 0)),
+                md5=validate_md5(md5) if md5 is not None else None,
+            )
+        except (ProtocolError, TypeError, ValueError, KeyError) as exc:
+            raise ProtocolMismatchError(f"malformed entry from server: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What one `get` or `put` did. `sent` counts bytes that crossed the network."""
+
+    remote: str
+    local: str
+    size: int
+    md5: str
+    sent: int
+    seconds: float
+    skipped: bool = False
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """Hex MD5 of a local file."""
+    with open(path, "rb") as file:
+        return md5_of(file).hexdigest()
+
+
+class Client:
+    """One connection to a sockftp server. Use it as a context manager."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9999,
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.stream = FrameStream(self.sock)
+            self.greeting = self._hello()
+            self.permissions: str | None = None
+            if user is not None:
+                self.login(user, password or "")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _hello(self) -> dict:
+        greeting = self.stream.recv()
+        if greeting.get("ok") is False:
+            raise error_from_response(greeting)
+        if greeting.get("type") != "hello" or greeting.get("proto") != PROTOCOL_VERSION:
+            raise ProtocolMismatchError(f"not a sockftp v{PROTOCOL_VERSION} server: {str(greeting)[:80]}")
+        return greeting
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- plumbing --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() == -1
+
+    @contextlib.contextmanager
+    def _wire(self) -> Iterator[None]:
+        """Close the connection when an error leaves it out of step with the server:
+        a broken link, a time-out, a closing protocol error, or any failure inside
+        a data phase (wrapped around those by the caller)."""
+        try:
+            yield
+        except ProtocolError as exc:
+            if exc.closes:
+                self.sock.close()
+            raise
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _response(self) -> dict:
+        with self._wire():
+            message = self.stream.recv()
+        if message.get("ok") is not True:
+            error = error_from_response(message)
+            if error.closes:
+                self.sock.close()
+            raise error
+        return message
+
+    def _request(self, op: str, **fields: object) -> dict:
+        with self._wire():
+            self.stream.send({"op": op, **fields})
+        return self._response()
+
+    def _failed_data_phase(self, exc: OSError) -> Exception:
+        """The server's reason for breaking a data phase, if it sent one before closing."""
+        with contextlib.suppress(OSError, ProtocolError):
+            self.sock.settimeout(2.0)
+            message = self.stream.recv()
+            if message.get("ok") is False:
+                return error_from_response(message)
+        return exc
+
+    # -- ops -------------------------------------------------------------------
+
+    def login(self, user: str, password: str) -> str:
+        """Log in; returns the account's permissions (`r` or `rw`)."""
+        self.permissions = self._request("login", user=user, password=password).get("permissions")
+        return self.permissions
+
+    def ls(self, path: str = "/") -> list[Entry]:
+        """Entries of a directory (or the one entry of a file), over as many pages as it takes."""
+        self.stream.send({"op": "ls", "path": path})
+        entries = []
+        while True:
+            page = self._response()
+            entries += [Entry.from_message(item) for item in page.get("entries", [])]
+            if not page.get("more"):
+                return entries
+
+    def stat(self, path: str) -> Entry:
+        return Entry.from_message(self._request("stat", path=path))
+
+    def mkdir(self, path: str, parents: bool = False) -> None:
+        self._request("mkdir", path=path, parents=parents)
+
+    def rm(self, path: str) -> None:
+        self._request("rm", path=path)
+
+    def quit(self) -> None:
+        with contextlib.suppress(OSError, ProtocolError):
+            self._request("quit")
+
+    def close(self) -> None:
+        """Say `quit` if the connection still works, then close it."""
+        if not self.closed:
+            self.quit()
+            self.sock.close()
+
+    def get(
+        self,
+        remote: str,
+        local: str | os.PathLike,
+        progress: Progress | None = None,
+        skip_identical: bool = True,
+    ) -> Transfer:
+        """Download `remote` to `local`, verified; resumes an interrupted earlier download.
+
+        With `skip_identical`, a local file that already has the remote size
+        and MD5 is left alone and nothing is sent.
+        """
+        started = time.monotonic()
+        local = Path(local)
+        held, partial = self._find_partial(local)
+        header = self._get_header(remote, held)
+        size, md5 = header["size"], header["md5"]
+        if skip_identical and _same_file(local, size, md5):
+            self.stream.send({"op": "cancel"})
+            return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
+        if partial is not None and (partial.name != _partial_name(local, md5) or held > size):
+            self.stream.send({"op": "cancel"})  # the partial file is of another version
+            partial.unlink()
+            held, header = 0, self._get_header(remote, 0)
+            size, md5 = header["size"], header["md5"]
+        partial = local.parent / _partial_name(local, md5)
+        with self._wire(), open(partial, "a+b") as file:
+            digest = md5_of(file, held)
+            self.stream.send({"op": "ack"})
+            self._receive(file, digest, held, size, progress)
+            file.flush()
+            os.fsync(file.fileno())
+        if digest.hexdigest() != md5:
+            partial.unlink()
+            raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
+        os.replace(partial, local)
+        return Transfer(remote, str(local), size, md5, size - held, time.monotonic() - started)
+
+    def _get_header(self, remote: str, offset: int) -> dict:
+        header = self._request("get", path=remote, offset=offset)
+        try:
+            size = check_type("size", header.get("size"), "int")
+            validate_md5(header.get("md5"))
+            if header.get("offset") != offset or size < offset:
+                raise ValueError(f"server answered offset {header.get('offset')!r} to {offset}")
+        except (ProtocolError, ValueError) as exc:
+            raise ProtocolMismatchError(f"malformed get header: {exc}") from None
+        header["md5"] = header["md5"].lower()
+        return header
+
+    def _receive(self, file, digest, done: int, size: int, progress: Progress | None) -> None:
+        def consume(chunk: memoryview) -> None:
+            nonlocal done
+            file.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, size)
+
+        if progress is not None:
+            progress(done, size)
+        self.stream.recv_data(size - done, consume)
+
+    @staticmethod
+    def _find_partial(local: Path) -> tuple[int, Path | None]:
+        """An earlier interrupted download of `local`: (bytes held, its file)."""
+        for candidate in local.parent.glob(_partial_name(local, "*")):
+            return candidate.stat().st_size, candidate
+        return 0, None
+
+    def put(
+        self,
+        local: str | os.PathLike,
+        remote: str,
+        overwrite: bool = True,
+        parents: bool = False,
+        progress: Progress | None = None,
+    ) -> Transfer:
+        """Upload `local` to `remote`, verified. Sends only what the server lacks:
+        nothing if it holds this exact file, the rest if an earlier upload broke off."""
+        started = time.monotonic()
+        with open(local, "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            md5 = md5_of(file).hexdigest()
+            ack = self._request("put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents)
+            offset = ack.get("offset")
+            if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+                raise ProtocolMismatchError(f"server answered put with offset {offset!r} for {size} bytes")
+            if progress is not None:
+                progress(offset, size)
+            done = offset
+
+            def sent(count: int) -> None:
+                nonlocal done
+                done += count
+                if progress is not None:
+                    progress(done, size)
+
+            try:
+                self.stream.send_file(file, offset, size - offset, sent)
+            except OSError as exc:
+                reason = self._failed_data_phase(exc)
+                self.sock.close()
+                raise reason from exc
+        result = self._response()
+        if result.get("md5") != md5 or result.get("size") != size:
+            raise ChecksumMismatchError(f"{remote}: the server stored a different file than was sent")
+        return Transfer(remote, str(local), size, md5, size - offset, time.monotonic() - started)
+
+
+def _partial_name(local: Path, md5: str) -> str:
+    """Hidden name of a download in progress: fixed length, so any target name fits."""
+    key = hashlib.sha256(os.fsencode(local.name)).hexdigest()[:16]
+    return f"{PARTIAL_PREFIX}{key}-{md5}"
+
+
+def _same_file(local: Path, size: int, md5: str) -> bool:
+    try:
+        return local.is_file() and local.stat().st_size == size and md5_file(local) == md5
+    except OSError:
+        return False
