@@ -99,6 +99,11 @@ class Snapshot:
     def close(self) -> None:
         self.file.close()
 
+    def close_md5(self) -> str:
+        """Close the file and return its md5 (when only the checksum was wanted)."""
+        self.close()
+        return self.md5
+
 
 @dataclass
 class Upload:
@@ -238,24 +243,34 @@ class Storage:
     def stat(self, account: Account, path: str) -> dict:
         vpath, real = self.resolve(account, path)
         with os_errors(vpath):
-            st = real.stat()
-            entry = _entry("" if vpath == "/" else real.name, st)
-            if entry["type"] == "file":
-                entry["md5"] = self._md5_of(real)
-        return entry
+            if real.is_dir():
+                return _entry("" if vpath == "/" else real.name, real.stat())
+        snapshot = self._open_regular(vpath, real)
+        with snapshot.file:
+            return {**_entry(real.name, os.fstat(snapshot.file.fileno())), "md5": snapshot.md5}
 
     def open_snapshot(self, account: Account, path: str) -> Snapshot:
         vpath, real = self.resolve(account, path)
+        return self._open_regular(vpath, real)
+
+    @staticmethod
+    def _open_regular(vpath: str, real: Path) -> Snapshot:
+        """Open a regular file and hash it. Non-blocking open, so a FIFO or device
+        planted in the storage root cannot hang the session."""
         with os_errors(vpath):
-            file = open(real, "rb")  # noqa: SIM115 - handed to the caller
-            try:
-                st = os.fstat(file.fileno())
-                if stat_mod.S_ISDIR(st.st_mode):
-                    raise IsDirectoryError(f"{vpath}: is a directory")
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
+            file = os.fdopen(fd, "rb")
+        try:
+            st = os.fstat(fd)
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise IsDirectoryError(f"{vpath}: is a directory")
+            if not stat_mod.S_ISREG(st.st_mode):
+                raise ForbiddenError(f"{vpath}: not a regular file")
+            with os_errors(vpath):
                 return Snapshot(file, st.st_size, md5_of(file).hexdigest())
-            except BaseException:
-                file.close()
-                raise
+        except BaseException:
+            file.close()
+            raise
 
     # -- writing ---------------------------------------------------------------
 
@@ -274,7 +289,7 @@ class Storage:
         if existing is not None:
             if stat_mod.S_ISDIR(existing.st_mode):
                 raise IsDirectoryError(f"{vpath}: is a directory")
-            if existing.st_size == size and self._md5_of(dest) == md5:
+            if existing.st_size == size and self._open_regular(vpath, dest).close_md5() == md5:
                 return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
             if not overwrite:
                 raise ExistsError(f"{vpath}: already exists")
@@ -347,11 +362,6 @@ class Storage:
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
         return total
-
-    @staticmethod
-    def _md5_of(path: Path) -> str:
-        with open(path, "rb") as file:
-            return md5_of(file).hexdigest()
 
     def mkdir(self, account: Account, path: str, parents: bool) -> None:
         vpath, real = self.resolve(account, path)

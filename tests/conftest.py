@@ -1,0 +1,234 @@
+"""Fixtures: real servers on 127.0.0.1 port 0, configs written as YAML under tmp_path.
+
+- `make_config(**sections)` writes a server.yaml (plus users.yaml) and loads it.
+- `serve(config)` runs a `FileServer` in a thread and stops it at teardown.
+- `server` is the common case: anonymous read-write plus users alice (rw),
+  bob (r) and carol (rw, 1000-byte quota).
+- `raw(server)` is a `FrameStream` over a fresh socket with the greeting read,
+  for driving the server by hand-built frames rather than by our own client.
+- `server_process(config_path)` starts `python -m ftpserver` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ftpproto import FrameStream
+from ftpserver.auth import hash_password
+from ftpserver.config import ServerConfig, load_config
+from ftpserver.server import FileServer
+
+PASSWORDS = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
+_HASHES: dict[str, str] = {}
+SOCKET_TIMEOUT = 10.0
+
+
+def password_hash(user: str) -> str:
+    """scrypt is slow on purpose: hash each test password once per run."""
+    if user not in _HASHES:
+        _HASHES[user] = hash_password(PASSWORDS[user])
+    return _HASHES[user]
+
+
+def write_config(tmp_path: Path, **sections: object) -> Path:
+    """Write server.yaml and users.yaml under tmp_path; `sections` override the defaults."""
+    (tmp_path / "storage").mkdir(exist_ok=True)
+    users = {
+        "alice": {"password": password_hash("alice"), "permissions": "rw"},
+        "bob": {"password": password_hash("bob"), "permissions": "r"},
+        "carol": {"password": password_hash("carol"), "permissions": "rw", "quota": 1000},
+    }
+    (tmp_path / "users.yaml").write_text(yaml.safe_dump({"users": users}))
+    config = {
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "storage": "storage",
+        "users_file": "users.yaml",
+        "anonymous": {"enabled": True, "home": "/", "permissions": "rw"},
+        "limits": {"login_delay": 0, "idle_timeout": 30, "stall_timeout": 10, "shutdown_grace": 2},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., ServerConfig]:
+    def make(**sections: object) -> ServerConfig:
+        return load_config(write_config(tmp_path, **sections))
+
+    return make
+
+
+@dataclass
+class RunningServer:
+    server: FileServer
+    config: ServerConfig
+
+    @property
+    def port(self) -> int:
+        return self.server.address[1]
+
+    @property
+    def root(self) -> Path:
+        return self.config.storage_root
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=SOCKET_TIMEOUT)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[ServerConfig], RunningServer]]:
+    started: list[tuple[FileServer, threading.Thread]] = []
+
+    def start(config: ServerConfig) -> RunningServer:
+        server = FileServer(config)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        return RunningServer(server, config)
+
+    yield start
+    for server, thread in started:
+        server.stop()
+        thread.join(5)
+
+
+@pytest.fixture
+def server(make_config, serve) -> RunningServer:
+    return serve(make_config())
+
+
+class Raw(FrameStream):
+    """A FrameStream with the greeting already read, and a request helper."""
+
+    greeting: dict
+
+    def request(self, op: str, **fields: object) -> dict:
+        self.send({"op": op, **fields})
+        return self.recv()
+
+
+@pytest.fixture
+def raw(server) -> Iterator[Callable[..., Raw]]:
+    opened: list[Raw] = []
+
+    def connect(target: RunningServer = server, user: str | None = None) -> Raw:
+        stream = Raw(target.connect())
+        opened.append(stream)
+        stream.greeting = stream.recv()
+        if user is not None:
+            answer = stream.request("login", user=user, password=PASSWORDS[user])
+            assert answer["ok"], answer
+        return stream
+
+    yield connect
+    for stream in opened:
+        stream.close()
+
+
+# -- subprocesses ------------------------------------------------------------------
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    port: int
+    log: list[str]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+
+def start_server_process(config_path: Path, *extra: str, env: dict | None = None) -> ServerProcess:
+    """Start `python -m ftpserver` on port 0 and wait for its `listening on` line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ftpserver", "--config", str(config_path), "--port", "0", *extra],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    log: list[str] = []
+    port_found = threading.Event()
+    port: list[int] = []
+
+    def drain() -> None:
+        for line in process.stderr:
+            log.append(line)
+            match = re.search(r"listening on [\d.]+:(\d+)", line)
+            if match and not port:
+                port.append(int(match.group(1)))
+                port_found.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    if not port_found.wait(15):
+        process.kill()
+        process.wait(5)
+        raise RuntimeError("server did not start:\n" + "".join(log))
+    return ServerProcess(process, port[0], log)
+
+
+@pytest.fixture
+def server_process() -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def start(config_path: Path, *extra: str, env: dict | None = None) -> ServerProcess:
+        proc = start_server_process(config_path, *extra, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def run_cli(
+    *args: str, port: int, env: dict | None = None, cwd: Path | None = None, input: str | None = None
+):
+    """Run the client CLI (`python -m ftpclient`) in a subprocess against 127.0.0.1:port."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
+    full_env.update({"SOCKFTP_HOST": "127.0.0.1", "SOCKFTP_PORT": str(port)})
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "ftpclient", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        input=input,
+        timeout=60,
+    )
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
