@@ -189,6 +189,12 @@ class Storage:
         self._uploads_lock = threading.Lock()
         self._uploads_running: set[Path] = set()
 
+    @property
+    def uploads_running(self) -> int:
+        """How many uploads hold a partial file open right now."""
+        with self._uploads_lock:
+            return len(self._uploads_running)
+
     # -- paths -----------------------------------------------------------------
 
     def ensure_home(self, account: Account) -> None:
