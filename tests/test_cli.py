@@ -1,0 +1,280 @@
+"""The real command lines in subprocesses: `ftpclient` against an `ftpserver`
+started from a YAML file in tmp_path. Checks exit codes, stdout and stderr."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ftpproto import FrameStream
+
+from .conftest import run_cli, write_config
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def config_path(tmp_path):
+    return write_config(tmp_path)
+
+
+@pytest.fixture
+def port(config_path, server_process):
+    return server_process(config_path).port
+
+
+@pytest.fixture
+def work(tmp_path):
+    path = tmp_path / "work"
+    path.mkdir()
+    return path
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) >= 1 and all(line.startswith("ftpclient: ") for line in lines), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def test_quick_start_put_ls_get(port, work, tmp_path):
+    (work / "hello.txt").write_text("hello, world\n")
+    put = run_cli("put", "hello.txt", port=port, cwd=work)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.startswith("put: hello.txt -> /hello.txt: 13 B, md5 ")
+    assert put.stderr == ""  # not a terminal: no progress bar
+    ls = run_cli("ls", port=port)
+    assert ls.stdout == "hello.txt\n"
+    get = run_cli("get", "hello.txt", "-o", "copy.txt", port=port, cwd=work)
+    assert get.returncode == 0, get.stderr
+    assert (work / "copy.txt").read_text() == "hello, world\n"
+    assert (tmp_path / "storage" / "hello.txt").read_text() == "hello, world\n"
+
+
+def test_several_files_and_directories(port, work, tmp_path):
+    for name in ("a.txt", "b c.txt", "中文.txt"):
+        (work / name).write_text(name)
+    result = run_cli("put", "a.txt", "b c.txt", "中文.txt", "-d", "/in/box", "-p", port=port, cwd=work)
+    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
+    long = run_cli("ls", "-l", "/in/box", port=port)
+    assert [line.split(maxsplit=4)[-1] for line in long.stdout.splitlines()] == [
+        "a.txt",
+        "b c.txt",
+        "中文.txt",
+    ]
+    out = work / "out"
+    out.mkdir()
+    result = run_cli("get", "/in/box/a.txt", "/in/box/中文.txt", "-o", "out", port=port, cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == ["a.txt", "中文.txt"]
+
+
+def test_one_failure_does_not_stop_the_rest_and_exits_1(port, work, tmp_path):
+    (work / "good.txt").write_text("good")
+    result = run_cli("put", "missing.txt", "good.txt", port=port, cwd=work)
+    assert result.returncode == 1
+    assert_one_line_error(result, "put missing.txt: No such file or directory")
+    assert (tmp_path / "storage" / "good.txt").read_text() == "good"
+
+
+def test_remote_errors_are_one_line_with_the_code(port, work):
+    result = run_cli("get", "nope.txt", port=port, cwd=work)
+    assert result.returncode == 1 and result.stdout == ""
+    assert_one_line_error(result, "ftpclient: get nope.txt: not_found:")
+    assert os.listdir(work) == []
+    result = run_cli("get", "../etc/passwd", port=port, cwd=work)
+    assert_one_line_error(result, "forbidden")
+
+
+def test_json_output_parses(port, work):
+    (work / "f.bin").write_bytes(b"x" * 1000)
+    put = run_cli("--json", "put", "f.bin", port=port, cwd=work)
+    record = json.loads(put.stdout)
+    assert record["result"] == "ok" and record["size"] == 1000
+    assert record["md5"] == hashlib.md5(b"x" * 1000).hexdigest()
+    again = json.loads(run_cli("put", "f.bin", "--json", port=port, cwd=work).stdout)
+    assert again["sent"] == 0
+    ls = [json.loads(line) for line in run_cli("ls", "--json", port=port).stdout.splitlines()]
+    assert ls == [{"path": "/f.bin", "name": "f.bin", "type": "file", "size": 1000, "mtime": ls[0]["mtime"]}]
+    stat = json.loads(run_cli("stat", "f.bin", "--json", port=port).stdout)
+    assert stat["md5"] == record["md5"]
+    failed = run_cli("get", "nope", "--json", port=port, cwd=work)
+    assert json.loads(failed.stdout)["error"] == "not_found" and failed.returncode == 1
+
+
+def test_quiet_prints_no_result_lines(port, work):
+    (work / "f").write_text("x")
+    result = run_cli("put", "-q", "f", port=port, cwd=work)
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_mkdir_rm_stat(port):
+    assert run_cli("mkdir", "-p", "/a/b", port=port).returncode == 0
+    assert "dir" in run_cli("stat", "/a/b", port=port).stdout
+    assert run_cli("rm", "/a", port=port).returncode == 1  # not empty
+    assert run_cli("rm", "/a/b", "/a", port=port).returncode == 0
+    assert run_cli("ls", port=port).stdout == ""
+
+
+def test_usage_errors_exit_2(port, work):
+    assert run_cli(port=port).returncode == 2
+    assert run_cli("frobnicate", port=port).returncode == 2
+    assert run_cli("get", port=port).returncode == 2
+    result = run_cli("get", "a", "b", "-o", "not-a-dir", port=port, cwd=work)
+    assert result.returncode == 2 and "must be an existing directory" in result.stderr
+    result = run_cli("ls", port=port, env={"SOCKFTP_PORT": "ninety"})
+    assert result.returncode == 2 and "SOCKFTP_PORT" in result.stderr
+
+
+def test_help_exits_0():
+    for args in (["--help"], ["get", "--help"], ["put", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ftpclient", *args], capture_output=True, text=True, timeout=30
+        )
+        assert result.returncode == 0 and "usage: ftpclient" in result.stdout
+    result = subprocess.run(
+        [sys.executable, "-m", "ftpserver", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0 and "--config" in result.stdout
+
+
+def test_console_scripts_are_installed():
+    for script in ("ftpserver", "ftpclient"):
+        path = shutil.which(script) or os.path.join(os.path.dirname(sys.executable), script)
+        result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0 and f"usage: {script}" in result.stdout
+
+
+def test_connection_refused_is_one_line_and_exit_1():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    result = run_cli("ls", port=free_port)
+    assert result.returncode == 1
+    assert_one_line_error(result, f"cannot connect to 127.0.0.1:{free_port}")
+
+
+def test_login_from_environment(port, work, tmp_path):
+    (work / "f").write_text("alice's")
+    env = {"SOCKFTP_USER": "alice", "SOCKFTP_PASSWORD": "alice-pw"}
+    assert run_cli("put", "f", port=port, cwd=work, env=env).returncode == 0
+    assert (tmp_path / "storage" / "alice" / "f").read_text() == "alice's"
+    wrong = run_cli("ls", port=port, env={**env, "SOCKFTP_PASSWORD": "nope"})
+    assert wrong.returncode == 1
+    assert_one_line_error(wrong, "auth_failed")
+    flag = run_cli("--user", "bob", "put", "f", port=port, cwd=work, env={"SOCKFTP_PASSWORD": "bob-pw"})
+    assert_one_line_error(flag, "forbidden")
+    nopass = run_cli("ls", "--user", "alice", port=port)
+    assert nopass.returncode == 2 and "SOCKFTP_PASSWORD" in nopass.stderr
+
+
+# -- the server process ----------------------------------------------------------------
+
+
+def test_adduser_stores_a_hash_and_the_user_can_log_in(tmp_path, server_process, work):
+    config = write_config(tmp_path)
+    adduser = subprocess.run(
+        [sys.executable, "-m", "ftpserver", "adduser", "dave", "--config", str(config), "--password-stdin"],
+        input="dave's secret\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert adduser.returncode == 0, adduser.stderr
+    users_text = (tmp_path / "users.yaml").read_text()
+    assert "dave" in users_text and "dave's secret" not in users_text and "scrypt$" in users_text
+    assert "alice" in users_text  # other users are kept
+    port = server_process(config).port
+    (work / "f").write_text("x")
+    env = {"SOCKFTP_USER": "dave", "SOCKFTP_PASSWORD": "dave's secret"}
+    assert run_cli("put", "f", port=port, cwd=work, env=env).returncode == 0
+    assert (tmp_path / "storage" / "dave" / "f").exists()
+
+
+def test_adduser_without_a_terminal_or_stdin_flag_refuses(tmp_path):
+    config = write_config(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "ftpserver", "adduser", "eve", "--config", str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "--password-stdin" in result.stderr
+
+
+def test_config_errors_name_the_file_and_key(tmp_path):
+    config = write_config(tmp_path, limits={"idle_timeout": "soon"})
+    result = subprocess.run(
+        [sys.executable, "-m", "ftpserver", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert f"{config}: limits.idle_timeout: must be a number" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_server_starts_the_same_from_any_directory(tmp_path, server_process, work):
+    write_config(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ftpserver", "--config", "../server.yaml", "--port", "0"],
+        cwd=elsewhere,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stderr.readline()
+        assert f"storage {tmp_path / 'storage'}" in line
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_logs_connection_login_and_transfer_lines_without_passwords(work, server_process, config_path):
+    proc = server_process(config_path)
+    (work / "f").write_bytes(b"z" * 12345)
+    env = {"SOCKFTP_USER": "alice", "SOCKFTP_PASSWORD": "alice-pw"}
+    run_cli("put", "f", port=proc.port, cwd=work, env=env)
+    run_cli("ls", port=proc.port, env={**env, "SOCKFTP_PASSWORD": "wrong-pw"})
+    time.sleep(0.2)
+    log = "".join(proc.log)
+    assert "connect 127.0.0.1:" in log and "login 127.0.0.1:" in log and "login failed" in log
+    assert "transfer put" in log and "bytes=12345" in log and "seconds=" in log and "result=ok" in log
+    assert "alice-pw" not in log and "wrong-pw" not in log
+
+
+def test_warns_when_anonymous_can_write_beyond_loopback(tmp_path, server_process):
+    proc = server_process(write_config(tmp_path), "--host", "0.0.0.0")
+    assert "anonymous users may write" in "".join(proc.log)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_lets_a_running_upload_finish_then_exits_0(tmp_path, server_process, sig):
+    proc = server_process(write_config(tmp_path))
+    data = os.urandom(200_000)
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as sock:
+        stream = FrameStream(sock)
+        stream.recv()
+        stream.send({"op": "put", "path": "f", "size": len(data), "md5": hashlib.md5(data).hexdigest()})
+        assert stream.recv()["offset"] == 0
+        sock.sendall(data[:100_000])
+        proc.process.send_signal(sig)
+        time.sleep(0.5)
+        sock.sendall(data[100_000:])
+        assert stream.recv()["ok"]
+    assert proc.process.wait(10) == 0
+    assert (tmp_path / "storage" / "f").read_bytes() == data
