@@ -16,6 +16,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import stat as stat_mod
 import threading
 import uuid
@@ -42,6 +43,7 @@ from ftpproto import (
 from ftpproto.checksum import md5_of
 from ftpproto.paths import RESERVED_PREFIX
 
+from .checksums import ChecksumCache
 from .config import Account
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 PARTIAL_PREFIX = RESERVED_PREFIX + ".part."
+METADATA_DIR = RESERVED_PREFIX  # the server's own folder at the top of the storage root
 
 _ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
     errno.ENOENT: (NotFoundError, "no such file or directory"),
@@ -120,6 +123,7 @@ class Upload:
     _file: BinaryIO | None = field(default=None, repr=False)
     _release: object = field(default=None, repr=False)
     _error: ProtocolError | None = field(default=None, repr=False)
+    _checksums: ChecksumCache | None = field(default=None, repr=False)
 
     @property
     def complete(self) -> bool:
@@ -156,6 +160,7 @@ class Upload:
             with os_errors(self.path):
                 os.replace(self.partial, self.dest)
                 _fsync_dir(self.dest.parent)
+                self._checksums.record(self.dest, self.dest.stat(), self.md5)
         finally:
             self._close()
 
@@ -172,6 +177,11 @@ class Upload:
             self._release = None
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as file:
+        os.fsync(file.fileno())
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -186,6 +196,7 @@ class Storage:
     def __init__(self, root: Path, max_file_size: int | None = None) -> None:
         self.root = root.resolve()
         self.max_file_size = max_file_size
+        self.checksums = ChecksumCache(self.root / METADATA_DIR / "checksums.sqlite")
         self._uploads_lock = threading.Lock()
         self._uploads_running: set[Path] = set()
 
@@ -259,10 +270,11 @@ class Storage:
         vpath, real = self.resolve(account, path)
         return self._open_regular(vpath, real)
 
-    @staticmethod
-    def _open_regular(vpath: str, real: Path) -> Snapshot:
-        """Open a regular file and hash it. Non-blocking open, so a FIFO or device
-        planted in the storage root cannot hang the session."""
+    def _open_regular(self, vpath: str, real: Path) -> Snapshot:
+        """Open a regular file and find its MD5, remembered or hashed now.
+
+        The open is non-blocking, so a FIFO or device planted in the storage
+        root cannot hang the session."""
         with os_errors(vpath):
             fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)
             file = os.fdopen(fd, "rb")
@@ -272,8 +284,12 @@ class Storage:
                 raise IsDirectoryError(f"{vpath}: is a directory")
             if not stat_mod.S_ISREG(st.st_mode):
                 raise ForbiddenError(f"{vpath}: not a regular file")
-            with os_errors(vpath):
-                return Snapshot(file, st.st_size, md5_of(file).hexdigest())
+            md5 = self.checksums.lookup(real, st)
+            if md5 is None:
+                with os_errors(vpath):
+                    md5 = md5_of(file).hexdigest()
+                self.checksums.record(real, st, md5)
+            return Snapshot(file, st.st_size, md5)
         except BaseException:
             file.close()
             raise
@@ -299,13 +315,16 @@ class Storage:
                 return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
             if not overwrite:
                 raise ExistsError(f"{vpath}: already exists")
+        growth = size - (existing.st_size if existing else 0)
+        if self._materialise_copy(account, vpath, dest, size, md5, growth):
+            return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
         partial, release = self._claim_partial(dest, size, md5)
         try:
             with os_errors(vpath):
                 held = partial.stat().st_size if partial.exists() else 0
                 if held > size:
                     held = 0
-                self._check_quota(account, vpath, size - held - (existing.st_size if existing else 0))
+                self._check_quota(account, vpath, growth - held)
                 file = open(partial, "r+b" if held else "wb")  # noqa: SIM115 - owned by Upload
                 file.truncate(held)
                 digest = md5_of(file, held)
@@ -313,7 +332,39 @@ class Storage:
         except BaseException:
             release()
             raise
-        return Upload(vpath, dest, partial, size, md5, held, digest, file, release)
+        return Upload(vpath, dest, partial, size, md5, held, digest, file, release, _checksums=self.checksums)
+
+    def _materialise_copy(
+        self, account: Account, vpath: str, dest: Path, size: int, md5: str, growth: int
+    ) -> bool:
+        """Instant upload: if this user's home already holds a file with this size and
+        MD5, link (or copy) it into place and return True; no byte need cross the network.
+
+        A hard link is safe because stored files are only ever replaced by rename,
+        never written in place. Only files inside the user's own home are candidates,
+        so an upload never reveals what other users store."""
+        for source in self.checksums.find(md5, size, account.home):
+            self._check_quota(account, vpath, growth)
+            temp = dest.parent / f"{RESERVED_PREFIX}.tmp.{uuid.uuid4().hex}"
+            try:
+                with os_errors(vpath):
+                    try:
+                        os.link(source, temp)
+                        same = self.checksums.lookup(source, temp.stat()) == md5
+                    except OSError:  # another filesystem, or links not allowed
+                        shutil.copyfile(source, temp)
+                        _fsync_file(temp)
+                        with open(temp, "rb") as copy:
+                            same = md5_of(copy).hexdigest() == md5
+                    if not same:
+                        continue  # the source changed meanwhile
+                    os.replace(temp, dest)
+                    _fsync_dir(dest.parent)
+                    self.checksums.record(dest, dest.stat(), md5)
+            finally:
+                temp.unlink(missing_ok=True)
+            return True
+        return False
 
     def _prepare_parent(self, vpath: str, parent: Path, parents: bool) -> None:
         with os_errors(vpath):
@@ -364,6 +415,8 @@ class Storage:
             with contextlib.suppress(OSError), os.scandir(stack.pop()) as entries:
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
+                        if entry.name == METADATA_DIR:
+                            continue
                         stack.append(Path(entry.path))
                     elif entry.is_file(follow_symlinks=False):
                         total += entry.stat(follow_symlinks=False).st_size
@@ -389,6 +442,7 @@ class Storage:
             st = real.lstat()
             if not stat_mod.S_ISDIR(st.st_mode):
                 real.unlink()
+                self.checksums.forget(real)
                 return
             names = os.listdir(real)
             if any(not name.startswith(RESERVED_PREFIX) for name in names):
