@@ -1,5 +1,5 @@
 """sockftp client: the `Client` library and the `ftpclient` command (see README.md)."""
 
-from .client import Client, Entry, ProtocolMismatchError, Transfer, md5_file
+from .client import Client, Entry, HandshakeError, ProtocolMismatchError, Transfer, md5_file
 
-__all__ = ["Client", "Entry", "ProtocolMismatchError", "Transfer", "md5_file"]
+__all__ = ["Client", "Entry", "HandshakeError", "ProtocolMismatchError", "Transfer", "md5_file"]

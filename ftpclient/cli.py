@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from ftpproto import ProtocolError
 
-from .client import Client, Entry, Transfer
+from .client import Client, Entry, HandshakeError, Transfer
 from .progress import progress_bar
 
 __all__ = ["ExitStatus", "main"]
@@ -56,6 +56,10 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
         "--port", type=int, default=default, help=f"server port (env SOCKFTP_PORT; {DEFAULT_PORT})"
     )
     group.add_argument("--user", default=default, help="log in as USER (env SOCKFTP_USER); else anonymous")
+    group.add_argument(
+        "--tls", action="store_true", default=flag, help="connect with TLS (env SOCKFTP_TLS=1)"
+    )
+    group.add_argument("--cafile", default=default, help="trust this CA bundle for TLS (env SOCKFTP_CAFILE)")
     group.add_argument(
         "--timeout", type=float, default=30.0 if top else argparse.SUPPRESS, help="socket timeout"
     )
@@ -113,6 +117,8 @@ class Settings:
     user: str | None
     password: str | None
     timeout: float
+    tls: bool = False
+    cafile: str | None = None
 
 
 def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
@@ -132,7 +138,9 @@ def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             raise UsageError(f"no password for {user!r}: set SOCKFTP_PASSWORD or run on a terminal")
         password = getpass.getpass(f"Password for {user}: ")
     host = args.host or env.get("SOCKFTP_HOST") or DEFAULT_HOST
-    return Settings(host, port, user, password, args.timeout)
+    cafile = args.cafile or env.get("SOCKFTP_CAFILE") or None
+    tls = args.tls or env.get("SOCKFTP_TLS", "").lower() in ("1", "true", "yes") or cafile is not None
+    return Settings(host, port, user, password, args.timeout, tls, cafile)
 
 
 class Connection:
@@ -147,7 +155,9 @@ class Connection:
         if self._client is None or self._client.closed:
             s = self.settings
             try:
-                self._client = Client(s.host, s.port, s.user, s.password, s.timeout)
+                self._client = Client(s.host, s.port, s.user, s.password, s.timeout, s.tls, s.cafile)
+            except HandshakeError as exc:
+                raise ConnectFailedError(str(exc)) from exc
             except OSError as exc:
                 reason = exc.strerror or str(exc) or exc.__class__.__name__
                 raise ConnectFailedError(f"cannot connect to {s.host}:{s.port}: {reason}") from exc

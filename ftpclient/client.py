@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -35,10 +36,27 @@ from ftpproto import (
 from ftpproto.checksum import md5_of
 from ftpproto.messages import check_type, validate_md5
 
-__all__ = ["Client", "Entry", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
+__all__ = ["Client", "Entry", "HandshakeError", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
 
 Progress = Callable[[int, int], object]
 PARTIAL_PREFIX = ".sockftp-get-"
+
+
+class HandshakeError(ConnectionError):
+    """The connection opened, but no sockftp session could start on it."""
+
+
+def _wrap_tls(sock: socket.socket, host: str, cafile: str | os.PathLike | None) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        raise HandshakeError(f"TLS: the server's certificate is not trusted: {exc.verify_message}") from exc
+    except ssl.SSLError as exc:
+        raise HandshakeError(
+            f"TLS handshake with {host} failed ({exc.reason}); does the server use TLS?"
+        ) from exc
 
 
 class ProtocolMismatchError(ProtocolError):
@@ -102,11 +120,19 @@ class Client:
         user: str | None = None,
         password: str | None = None,
         timeout: float = 30.0,
+        tls: bool = False,
+        cafile: str | os.PathLike | None = None,
     ) -> None:
+        """Connect, read the greeting and log in if `user` is given.
+
+        With `tls`, the server's certificate is checked against the system's
+        CAs, or against `cafile` alone when it is given."""
         self.host, self.port = host, port
         self.sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls:
+                self.sock = _wrap_tls(self.sock, host, cafile)
             self.stream = FrameStream(self.sock)
             self.greeting = self._hello()
             self.permissions: str | None = None
@@ -117,7 +143,15 @@ class Client:
             raise
 
     def _hello(self) -> dict:
-        greeting = self.stream.recv()
+        try:
+            greeting = self.stream.recv()
+        except (ConnectionError, TimeoutError) as exc:
+            raise HandshakeError(
+                f"no greeting from {self.host}:{self.port} ({exc.__class__.__name__}); "
+                "if the server uses TLS, connect with TLS"
+            ) from exc
+        except ProtocolError as exc:
+            raise HandshakeError(f"{self.host}:{self.port} does not speak sockftp: {exc.message}") from exc
         if greeting.get("ok") is False:
             raise error_from_response(greeting)
         if greeting.get("type") != "hello" or greeting.get("proto") != PROTOCOL_VERSION:

@@ -76,11 +76,17 @@ class FrameStream:
         offset: int,
         count: int,
         progress: Callable[[int], object] | None = None,
+        chunk_size: int = SENDFILE_CHUNK,
     ) -> None:
-        """Send `count` bytes of `file` from `offset`; zero copy where the OS allows."""
+        """Send `count` bytes of `file` from `offset`; zero copy where the OS allows.
+
+        `progress(n)` is called after each chunk of at most `chunk_size` bytes."""
         end = offset + count
         while offset < end:
-            chunk = min(SENDFILE_CHUNK, end - offset)
+            chunk = min(chunk_size, end - offset)
+            # socket.sendfile's fallback for TLS sockets skips the seek when offset
+            # is 0 and reads from the current position: put it where we mean.
+            file.seek(offset)
             sent = self.sock.sendfile(file, offset, chunk)
             if sent != chunk:
                 raise ShortReadError(f"file ended {end - offset - sent} bytes early")

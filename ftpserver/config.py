@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ class Account:
     permissions: str
     quota: int | None = None
     password_hash: str = field(default="", repr=False)
+    bandwidth: int | None = None  # bytes per second, shared by all of the account's sessions
 
     @property
     def can_write(self) -> bool:
@@ -75,6 +77,7 @@ class Limits:
     max_failed_logins: int = 3
     max_file_size: int | None = None
     shutdown_grace: float = 30.0
+    partial_max_age: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class ServerConfig:
     anonymous: Account | None
     limits: Limits
     log_level: str = "info"
+    tls: ssl.SSLContext | None = field(default=None, repr=False)
 
 
 class _Section:
@@ -175,7 +179,7 @@ def load_config(path: str | Path) -> ServerConfig:
     """Read and check the main config and its users file."""
     path = Path(path).absolute()
     top = _Section(path, "", _read_yaml(path))
-    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level")
+    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level", "tls")
     base = path.parent
 
     listen = top.section("listen")
@@ -190,11 +194,15 @@ def load_config(path: str | Path) -> ServerConfig:
         raise top.error("storage", f"{root} is not a directory")
 
     anon = top.section("anonymous")
-    anon.only("enabled", "home", "permissions", "quota")
+    anon.only("enabled", "home", "permissions", "quota", "bandwidth")
     anonymous = None
     if anon.get("enabled", bool, False):
         anonymous = Account(
-            None, anon.home("home", root), anon.permissions("permissions", "r"), anon.size("quota")
+            None,
+            anon.home("home", root),
+            anon.permissions("permissions", "r"),
+            anon.size("quota"),
+            bandwidth=anon.size("bandwidth"),
         )
 
     lim = top.section("limits")
@@ -210,6 +218,7 @@ def load_config(path: str | Path) -> ServerConfig:
         max_failed_logins=int(lim.number("max_failed_logins", Limits.max_failed_logins, 1)),
         max_file_size=lim.size("max_file_size"),
         shutdown_grace=lim.number("shutdown_grace", Limits.shutdown_grace),
+        partial_max_age=lim.number("partial_max_age", Limits.partial_max_age, 1),
     )
 
     log_level = top.get("log_level", str, "info").lower()
@@ -227,7 +236,24 @@ def load_config(path: str | Path) -> ServerConfig:
         anonymous=anonymous,
         limits=limits,
         log_level=log_level,
+        tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
+
+
+def _tls_context(section: _Section, base: Path) -> ssl.SSLContext:
+    """A server-side TLS context from `tls: {cert, key}` (PEM files)."""
+    section.only("cert", "key")
+    cert = section.get("cert", str)
+    if not cert:
+        raise section.error("cert", "is required when tls is set")
+    key = section.get("key", str)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(base / cert, base / key if key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise section.error("cert", f"cannot load certificate and key: {exc}") from None
+    return context
 
 
 def load_users(path: Path, root: Path) -> dict[str, Account]:
@@ -240,7 +266,7 @@ def load_users(path: Path, root: Path) -> dict[str, Account]:
     accounts = {}
     for name in users.data:
         entry = users.section(str(name))
-        entry.only("password", "home", "permissions", "quota")
+        entry.only("password", "home", "permissions", "quota", "bandwidth")
         password_hash = entry.get("password", str, "")
         if not password_hash:
             raise entry.error("password", "is missing (set it with `ftpserver adduser`)")
@@ -251,6 +277,7 @@ def load_users(path: Path, root: Path) -> dict[str, Account]:
             permissions=entry.permissions("permissions", "rw"),
             quota=entry.size("quota"),
             password_hash=password_hash,
+            bandwidth=entry.size("bandwidth"),
         )
     return accounts
 

@@ -13,6 +13,7 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import time
 from typing import TYPE_CHECKING
 
@@ -39,7 +40,16 @@ __all__ = ["LS_PAGE", "Session"]
 
 log = logging.getLogger("ftpserver.session")
 LS_PAGE = 1000
+HANDSHAKE_TIMEOUT = 10.0
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _throttled(write, limiter):
+    def write_at_rate(chunk: memoryview) -> None:
+        write(chunk)
+        limiter.consume(len(chunk))
+
+    return write_at_rate
 
 
 def clean(text: object) -> str:
@@ -70,6 +80,8 @@ class Session(socketserver.BaseRequestHandler):
         log.info("connect %s", self.peer)
         started = time.monotonic()
         try:
+            if isinstance(self.request, ssl.SSLSocket) and not self.handshake():
+                return
             if self.account is not None:
                 self.storage.ensure_home(self.account)
             self.stream.send(self.greeting())
@@ -78,6 +90,18 @@ class Session(socketserver.BaseRequestHandler):
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
             log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
         log.info("disconnect %s after %.1fs", self.peer, time.monotonic() - started)
+
+    def handshake(self) -> bool:
+        """Complete the TLS handshake; a peer that fails it (plain TCP, wrong
+        version, no answer within the timeout) is dropped without a word."""
+        self.request.settimeout(min(self.limits.idle_timeout, HANDSHAKE_TIMEOUT))
+        try:
+            self.request.do_handshake()
+        except (ssl.SSLError, OSError) as exc:
+            log.info("tls handshake with %s failed: %s", self.peer, clean(exc))
+            return False
+        self.request.settimeout(self.limits.idle_timeout)
+        return True
 
     def greeting(self) -> dict:
         return {
@@ -160,8 +184,13 @@ class Session(socketserver.BaseRequestHandler):
             if reply != "ack":
                 raise BadRequestError("expected 'ack' or 'cancel' after a get header", closes=True)
             self.request.settimeout(self.limits.stall_timeout)
+            limiter = self.server.rate_limiter(self.account)
             try:
-                self.stream.send_file(snapshot.file, offset, snapshot.size - offset)
+                if limiter is None:
+                    self.stream.send_file(snapshot.file, offset, snapshot.size - offset)
+                else:
+                    count = snapshot.size - offset
+                    self.stream.send_file(snapshot.file, offset, count, limiter.consume, limiter.CHUNK)
             except (OSError, ConnectionError) as exc:
                 self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
                 raise
@@ -177,8 +206,11 @@ class Session(socketserver.BaseRequestHandler):
         try:
             self.stream.send({"ok": True, "offset": upload.offset})
             self.request.settimeout(self.limits.stall_timeout)
+            limiter = self.server.rate_limiter(self.account)
             try:
-                self.stream.recv_data(count, upload.write)
+                self.stream.recv_data(
+                    count, upload.write if limiter is None else _throttled(upload.write, limiter)
+                )
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()

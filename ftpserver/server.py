@@ -20,11 +20,11 @@ from importlib import metadata
 
 from ftpproto import BusyError, encode_frame
 
-from .config import ServerConfig
+from .config import Account, ServerConfig
 from .handler import Session
 from .storage import Storage
 
-__all__ = ["FileServer"]
+__all__ = ["FileServer", "RateLimiter"]
 
 log = logging.getLogger("ftpserver")
 
@@ -49,7 +49,10 @@ class FileServer(socketserver.ThreadingTCPServer):
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
+        self._rates: dict[str, RateLimiter] = {}
+        self._cleaner = threading.Event()
         super().__init__((config.host, config.port), Session)
+        threading.Thread(target=self._clean_partials, name="partial-cleaner", daemon=True).start()
         if config.anonymous is not None and config.anonymous.can_write and not self._loopback():
             log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
 
@@ -64,6 +67,13 @@ class FileServer(socketserver.ThreadingTCPServer):
             return False
 
     # -- socketserver hooks ----------------------------------------------------
+
+    def get_request(self) -> tuple[socket.socket, tuple]:
+        """Accept; with TLS configured, wrap the socket (the session thread does the handshake)."""
+        sock, address = super().get_request()
+        if self.config.tls is not None:
+            sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
         limits = self.config.limits
@@ -107,9 +117,30 @@ class FileServer(socketserver.ThreadingTCPServer):
         with self._lock:
             self._sessions.discard(session)
 
+    def rate_limiter(self, account: Account) -> RateLimiter | None:
+        """The bandwidth limit shared by all sessions of `account`, if it has one."""
+        if not account.bandwidth:
+            return None
+        with self._lock:
+            key = account.name or ""
+            if key not in self._rates:
+                self._rates[key] = RateLimiter(account.bandwidth)
+            return self._rates[key]
+
+    def _clean_partials(self) -> None:
+        """Remove abandoned partial uploads at start, then every so often."""
+        max_age = self.config.limits.partial_max_age
+        while True:
+            removed = self.storage.remove_stale_partials(max_age)
+            if removed:
+                log.info("removed %d partial uploads older than %gs", removed, max_age)
+            if self._cleaner.wait(min(max(max_age / 4, 1.0), 3600.0)):
+                return
+
     def stop(self) -> None:
         """Stop accepting, end idle sessions, wait for transfers to finish or time out."""
         self.stopping = True
+        self._cleaner.set()
         self.shutdown()
         with self._lock:
             sessions = list(self._sessions)
@@ -123,3 +154,26 @@ class FileServer(socketserver.ThreadingTCPServer):
         if self._sessions:
             log.warning("%d sessions still running at shutdown; closing them", len(self._sessions))
         self.server_close()
+
+
+class RateLimiter:
+    """Bytes per second shared by every session that calls `consume()`.
+
+    A virtual clock: each chunk books the time it may take at the rate, after
+    whatever was booked before it, and the caller sleeps until its slot.
+    """
+
+    CHUNK = 64 * 1024  # data-phase chunk size while limited, so pacing stays smooth
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._booked_until = time.monotonic()
+
+    def consume(self, count: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            self._booked_until = max(self._booked_until, now) + count / self.rate
+            wait = self._booked_until - now - count / self.rate
+        if wait > 0:
+            time.sleep(wait)

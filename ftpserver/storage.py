@@ -19,6 +19,7 @@ import os
 import shutil
 import stat as stat_mod
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +53,8 @@ __all__ = [
     "Upload",
 ]
 
-PARTIAL_PREFIX = RESERVED_PREFIX + ".part."
+PARTIAL_PREFIX = RESERVED_PREFIX + ".part."  # resumable: named after (name, size, md5)
+TEMP_PREFIX = RESERVED_PREFIX + ".tmp."  # private to one upload, never resumed
 METADATA_DIR = RESERVED_PREFIX  # the server's own folder at the top of the storage root
 
 _ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
@@ -345,7 +347,7 @@ class Storage:
         so an upload never reveals what other users store."""
         for source in self.checksums.find(md5, size, account.home):
             self._check_quota(account, vpath, growth)
-            temp = dest.parent / f"{RESERVED_PREFIX}.tmp.{uuid.uuid4().hex}"
+            temp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
             try:
                 with os_errors(vpath):
                     try:
@@ -386,13 +388,13 @@ class Storage:
         partial = dest.parent / f"{PARTIAL_PREFIX}{key}"
         with self._uploads_lock:
             if partial in self._uploads_running:
-                partial = dest.parent / f"{RESERVED_PREFIX}.tmp.{uuid.uuid4().hex}"
+                partial = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
             self._uploads_running.add(partial)
 
         def release() -> None:
             with self._uploads_lock:
                 self._uploads_running.discard(partial)
-            if partial.name.startswith(RESERVED_PREFIX + ".tmp."):
+            if partial.name.startswith(TEMP_PREFIX):
                 partial.unlink(missing_ok=True)
 
         return partial, release
@@ -405,6 +407,25 @@ class Storage:
             raise QuotaExceededError(
                 f"{vpath}: needs {growth} more bytes; {used} of {account.quota} bytes are in use"
             )
+
+    def remove_stale_partials(self, max_age: float) -> int:
+        """Delete partial uploads untouched for `max_age` seconds and not in use; return how many."""
+        cutoff = time.time() - max_age
+        removed = 0
+        for directory, dirs, files in os.walk(self.root):
+            dirs[:] = [d for d in dirs if d != METADATA_DIR]
+            for name in files:
+                if not name.startswith((PARTIAL_PREFIX, TEMP_PREFIX)):
+                    continue
+                path = Path(directory, name)
+                with self._uploads_lock:
+                    if path in self._uploads_running:
+                        continue
+                    with contextlib.suppress(OSError):
+                        if path.stat().st_mtime < cutoff:
+                            path.unlink()
+                            removed += 1
+        return removed
 
     @staticmethod
     def usage(home: Path) -> int:
