@@ -57,6 +57,12 @@ class FileServer(socketserver.ThreadingTCPServer):
             log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
 
     @property
+    def session_count(self) -> int:
+        """Sessions running right now."""
+        with self._lock:
+            return len(self._sessions)
+
+    @property
     def address(self) -> tuple[str, int]:
         return self.server_address[0], self.server_address[1]
 

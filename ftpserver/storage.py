@@ -55,6 +55,7 @@ __all__ = [
 
 PARTIAL_PREFIX = RESERVED_PREFIX + ".part."  # resumable: named after (name, size, md5)
 TEMP_PREFIX = RESERVED_PREFIX + ".tmp."  # private to one upload, never resumed
+CLAIM_WAIT = 5.0  # seconds a put waits for another session to release its partial file
 METADATA_DIR = RESERVED_PREFIX  # the server's own folder at the top of the storage root
 
 _ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
@@ -200,6 +201,8 @@ class Storage:
         self.max_file_size = max_file_size
         self.checksums = ChecksumCache(self.root / METADATA_DIR / "checksums.sqlite")
         self._uploads_lock = threading.Lock()
+        self._upload_released = threading.Condition(self._uploads_lock)
+        self.claim_wait = CLAIM_WAIT
         self._uploads_running: set[Path] = set()
 
     @property
@@ -382,18 +385,23 @@ class Storage:
         """Return the resumable partial file for this upload and a function releasing it.
 
         Two sessions uploading the same file at once must not share a partial
-        file: the second gets a private, non-resumable one instead.
+        file. A retry often arrives while the session of the broken attempt is
+        still draining its socket, so wait a little for it to let go; after
+        that the newcomer gets a private, non-resumable file instead.
         """
         key = hashlib.sha256(f"{dest.name}\0{size}\0{md5}".encode()).hexdigest()[:32]
         partial = dest.parent / f"{PARTIAL_PREFIX}{key}"
         with self._uploads_lock:
-            if partial in self._uploads_running:
+            if not self._upload_released.wait_for(
+                lambda: partial not in self._uploads_running, self.claim_wait
+            ):
                 partial = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
             self._uploads_running.add(partial)
 
         def release() -> None:
             with self._uploads_lock:
                 self._uploads_running.discard(partial)
+                self._upload_released.notify_all()
             if partial.name.startswith(TEMP_PREFIX):
                 partial.unlink(missing_ok=True)
 

@@ -340,6 +340,35 @@ def test_interrupted_put_is_invisible_and_resumes(raw, server):
     assert names_in(server.root) == ["f"]
 
 
+def test_a_retry_waits_for_the_broken_attempt_to_let_go_of_its_partial(raw, server):
+    data = os.urandom(100_000)
+    first = raw()
+    first.request("put", path="f", size=len(data), md5=md5(data))
+    first.sock.sendall(data[:30_000])
+    second = raw()
+    second.send({"op": "put", "path": "f", "size": len(data), "md5": md5(data)})
+    time.sleep(0.3)
+    first.close()  # the broken attempt ends while the retry waits
+    assert second.recv()["offset"] == 30_000
+    second.sock.sendall(data[30_000:])
+    assert second.recv()["ok"] and (server.root / "f").read_bytes() == data
+
+
+def test_two_simultaneous_uploads_of_one_file_do_not_share_a_partial(raw, server):
+    server.server.storage.claim_wait = 0.2
+    data = os.urandom(100_000)
+    first, second = raw(), raw()
+    assert first.request("put", path="f", size=len(data), md5=md5(data))["offset"] == 0
+    first.sock.sendall(data[:10_000])
+    assert second.request("put", path="f", size=len(data), md5=md5(data))["offset"] == 0
+    second.sock.sendall(data)
+    assert second.recv()["ok"]
+    first.sock.sendall(data[10_000:])
+    assert first.recv()["ok"]
+    assert (server.root / "f").read_bytes() == data
+    assert names_in(server.root) == ["f"]
+
+
 def test_a_different_upload_to_the_same_name_does_not_resume_the_partial(raw, server):
     data = os.urandom(100_000)
     first = raw()
