@@ -225,10 +225,11 @@ def run_cli(
     )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> object:
+    """Poll `predicate` until it returns something true (and return that) or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return True
+        if result := predicate():
+            return result
         time.sleep(0.02)
     return predicate()

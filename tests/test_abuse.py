@@ -1,0 +1,143 @@
+"""Abuse and load: slow frames, crowds of idle connections, readers that never read,
+many clients at once, bandwidth limits and abandoned uploads. After each, a normal
+client still gets correct answers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ftpclient import Client
+from ftpproto import encode_frame
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def still_serves(server, tmp_path) -> None:
+    data = os.urandom(50_000)
+    (tmp_path / "probe").write_bytes(data)
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        client.put(tmp_path / "probe", "/probe")
+        client.get("/probe", tmp_path / "probe-back")
+        client.rm("/probe")
+    assert (tmp_path / "probe-back").read_bytes() == data
+
+
+def test_a_frame_dribbled_one_byte_at_a_time_with_pauses(raw, server, tmp_path):
+    stream = raw()
+    for byte in encode_frame({"op": "mkdir", "path": "slow"}):
+        stream.sock.sendall(bytes([byte]))
+        time.sleep(0.01)
+    assert stream.recv() == {"ok": True}
+    still_serves(server, tmp_path)
+
+
+def test_300_idle_connections_do_not_starve_a_normal_client(make_config, serve, tmp_path):
+    running = serve(make_config(limits={"max_connections": 400, "max_connections_per_address": 400}))
+    idle = []
+    try:
+        for _ in range(300):
+            sock = running.connect()
+            idle.append(sock)
+        assert wait_until(lambda: running.server.session_count >= 300, 20)
+        started = time.monotonic()
+        still_serves(running, tmp_path)
+        assert time.monotonic() - started < 10
+    finally:
+        for sock in idle:
+            sock.close()
+    assert wait_until(lambda: running.server.session_count == 0, 20)
+
+
+def test_a_reader_that_never_reads_is_freed_by_the_stall_timeout(make_config, serve, tmp_path):
+    running = serve(make_config(limits={"stall_timeout": 0.5}))
+    (running.root / "big").write_bytes(os.urandom(30_000_000))
+    with running.connect() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(encode_frame({"op": "get", "path": "big"}) + encode_frame({"op": "ack"}))
+        assert wait_until(lambda: running.server.session_count == 1, 5)
+        assert wait_until(lambda: running.server.session_count == 0, 15)
+    still_serves(running, tmp_path)
+
+
+def test_50_clients_put_and_get_distinct_files_at_once(make_config, serve, tmp_path):
+    server = serve(make_config(limits={"max_connections_per_address": 100}))
+
+    def round_trip(i: int) -> bool:
+        data = os.urandom(200_000 + i)
+        source, back = tmp_path / f"in-{i}", tmp_path / f"out-{i}"
+        source.write_bytes(data)
+        with Client("127.0.0.1", server.port, timeout=30) as client:
+            sent = client.put(source, f"/c{i}/file", parents=True)
+            got = client.get(f"/c{i}/file", back)
+        return sent.md5 == got.md5 == md5(data) == md5(back.read_bytes())
+
+    with ThreadPoolExecutor(50) as pool:
+        results = list(pool.map(round_trip, range(50)))
+    assert all(results)
+    assert all((server.root / f"c{i}" / "file").stat().st_size == 200_000 + i for i in range(50))
+
+
+def test_bandwidth_is_shared_by_all_sessions_of_a_user(make_config, serve, tmp_path):
+    rate = 1_000_000
+    running = serve(make_config(anonymous={"bandwidth": rate}))
+    for i in range(2):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(600_000))
+
+    def upload(i: int) -> None:
+        with Client("127.0.0.1", running.port, timeout=30) as client:
+            client.put(tmp_path / f"f{i}", f"/f{i}")
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=upload, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # 1.2 MB at 1 MB/s shared: at least ~1 s (one 64 KiB chunk may pass unpaced per session).
+    assert time.monotonic() - started >= 1.0
+    assert all((running.root / f"f{i}").stat().st_size == 600_000 for i in range(2))
+
+
+def test_stale_partial_uploads_are_removed_at_start_and_periodically(make_config, serve):
+    config = make_config(limits={"partial_max_age": 1})
+    old = config.storage_root / "d" / ".sockftp.part.0123456789abcdef"
+    old.parent.mkdir()
+    old.write_bytes(b"abandoned")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    running = serve(config)
+    assert wait_until(lambda: not old.exists(), 5)
+    later = config.storage_root / ".sockftp.tmp.feedface"
+    later.write_bytes(b"abandoned later")
+    os.utime(later, (time.time() - 10, time.time() - 10))
+    keep = config.storage_root / "d" / "user-file"
+    keep.write_bytes(b"not a partial")
+    os.utime(keep, (time.time() - 3600, time.time() - 3600))
+    assert wait_until(lambda: not later.exists(), 5)
+    assert keep.exists() and running.server.session_count == 0
+
+
+def test_partial_in_use_is_not_removed(make_config, serve, raw):
+    running = serve(make_config(limits={"partial_max_age": 1}))
+    stream = raw(running)
+    data = os.urandom(10_000)
+    stream.request("put", path="f", size=len(data), md5=md5(data))
+    stream.sock.sendall(data[:5_000])
+    (partial,) = wait_until(lambda: list(running.root.glob(".sockftp.part.*")), 5)
+    os.utime(partial, (time.time() - 3600, time.time() - 3600))
+    time.sleep(1.5)  # at least one cleaning round
+    assert partial.exists()
+    stream.sock.sendall(data[5_000:])
+    assert stream.recv()["ok"]
