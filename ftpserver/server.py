@@ -19,12 +19,13 @@ import time
 from importlib import metadata
 
 from ftpproto import BusyError, encode_frame
+from ftpproto.pacing import RateLimiter
 
 from .config import Account, ServerConfig
 from .handler import Session
 from .storage import Storage
 
-__all__ = ["FileServer", "RateLimiter"]
+__all__ = ["FileServer"]
 
 log = logging.getLogger("ftpserver")
 
@@ -160,26 +161,3 @@ class FileServer(socketserver.ThreadingTCPServer):
         if self._sessions:
             log.warning("%d sessions still running at shutdown; closing them", len(self._sessions))
         self.server_close()
-
-
-class RateLimiter:
-    """Bytes per second shared by every session that calls `consume()`.
-
-    A virtual clock: each chunk books the time it may take at the rate, after
-    whatever was booked before it, and the caller sleeps until its slot.
-    """
-
-    CHUNK = 64 * 1024  # data-phase chunk size while limited, so pacing stays smooth
-
-    def __init__(self, rate: int) -> None:
-        self.rate = rate
-        self._lock = threading.Lock()
-        self._booked_until = time.monotonic()
-
-    def consume(self, count: int) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._booked_until = max(self._booked_until, now) + count / self.rate
-            wait = self._booked_until - now - count / self.rate
-        if wait > 0:
-            time.sleep(wait)
