@@ -35,6 +35,8 @@ from ftpproto import (
 )
 from ftpproto.checksum import md5_of
 from ftpproto.messages import check_type, validate_md5
+from ftpproto.pacing import RateLimiter
+from ftpproto.stream import SENDFILE_CHUNK
 
 __all__ = ["Client", "Entry", "HandshakeError", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
 
@@ -128,6 +130,7 @@ class Client:
         With `tls`, the server's certificate is checked against the system's
         CAs, or against `cafile` alone when it is given."""
         self.host, self.port = host, port
+        self.pace: RateLimiter | None = None  # set to hold transfers to a (shared) rate
         self.sock = socket.create_connection((host, port), timeout=timeout)
         try:
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -303,6 +306,8 @@ class Client:
             done += len(chunk)
             if progress is not None:
                 progress(done, size)
+            if self.pace is not None:
+                self.pace.consume(len(chunk))
 
         if progress is not None:
             progress(done, size)
@@ -342,9 +347,12 @@ class Client:
                 done += count
                 if progress is not None:
                     progress(done, size)
+                if self.pace is not None:
+                    self.pace.consume(count)
 
+            chunk = RateLimiter.CHUNK if self.pace is not None else SENDFILE_CHUNK
             try:
-                self.stream.send_file(file, offset, size - offset, sent)
+                self.stream.send_file(file, offset, size - offset, sent, chunk)
             except OSError as exc:
                 reason = self._failed_data_phase(exc)
                 self.sock.close()

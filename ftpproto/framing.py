@@ -26,6 +26,10 @@ def encode_frame(message: dict) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity; JSON does not
+
+
 def decode_body(body: bytes) -> dict:
     """Parse one frame body; every way it can be wrong is a closing `bad_request`."""
     try:
@@ -33,7 +37,7 @@ def decode_body(body: bytes) -> dict:
     except UnicodeDecodeError:
         raise BadRequestError("frame is not valid UTF-8", closes=True) from None
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         raise BadRequestError("frame is not valid JSON", closes=True) from None
     if not isinstance(message, dict):

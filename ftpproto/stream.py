@@ -52,19 +52,22 @@ class FrameStream:
                 raise PeerClosedError("connection closed by peer")
             self._decoder.feed(self._view[:received])
 
-    def recv_data(self, count: int, consume: Callable[[memoryview], object]) -> None:
-        """Read exactly `count` raw bytes, handing each chunk to `consume`.
+    def recv_data(
+        self, count: int, consume: Callable[[memoryview], object], chunk_size: int = BUFFER_SIZE
+    ) -> None:
+        """Read exactly `count` raw bytes, handing each chunk (at most `chunk_size`) to `consume`.
 
         The chunk is a view into a reused buffer: `consume` must use it
         before returning. Raises `ShortReadError` if the stream ends early.
         """
+        chunk_size = min(chunk_size, len(self._buffer))
         remaining = count
         if self._decoder.buffered and remaining:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
         while remaining:
-            received = self.sock.recv_into(self._buffer, min(remaining, len(self._buffer)))
+            received = self.sock.recv_into(self._buffer, min(remaining, chunk_size))
             if not received:
                 raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
             consume(self._view[:received])

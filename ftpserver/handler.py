@@ -68,6 +68,7 @@ class Session(socketserver.BaseRequestHandler):
         self.account = self.config.anonymous
         self.failed_logins = 0
         self.busy = False
+        self.in_exchange = False  # inside a get/put exchange: an error leaves the stream out of step
         self.stream = FrameStream(self.request)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.request.settimeout(self.limits.idle_timeout)
@@ -128,9 +129,10 @@ class Session(socketserver.BaseRequestHandler):
         except Exception:
             log.exception("internal error serving %s", self.peer)
             self.send_error(InternalError("the server failed to handle this request"))
-            return False
+            return not self.in_exchange
         finally:
             self.busy = False
+            self.in_exchange = False
 
     def send_error(self, exc: ProtocolError) -> None:
         log.info("error %s %s: %s", self.peer, exc.code, exc.message)
@@ -177,24 +179,28 @@ class Session(socketserver.BaseRequestHandler):
             if offset > snapshot.size:
                 raise BadRequestError(f"offset {offset} is past the end of the file ({snapshot.size} bytes)")
             self.stream.send({"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset})
-            reply = self.stream.recv().get("op")
+            self.in_exchange = True
+            try:
+                reply = self.stream.recv().get("op")
+            except TimeoutError:
+                raise TimedOutError(f"no ack or cancel for {self.limits.idle_timeout:g} seconds") from None
             if reply == "cancel":
                 self.log_transfer("get", path, 0, started, "cancelled")
                 return
             if reply != "ack":
                 raise BadRequestError("expected 'ack' or 'cancel' after a get header", closes=True)
-            self.request.settimeout(self.limits.stall_timeout)
+            count = snapshot.size - offset
             limiter = self.server.rate_limiter(self.account)
+            self.request.settimeout(self.limits.stall_timeout)
             try:
                 if limiter is None:
-                    self.stream.send_file(snapshot.file, offset, snapshot.size - offset)
+                    self.stream.send_file(snapshot.file, offset, count)
                 else:
-                    count = snapshot.size - offset
                     self.stream.send_file(snapshot.file, offset, count, limiter.consume, limiter.CHUNK)
-            except (OSError, ConnectionError) as exc:
+            except OSError as exc:  # includes a stall: the peer stopped reading
                 self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
                 raise
-            self.log_transfer("get", path, snapshot.size - offset, started, "ok")
+            self.log_transfer("get", path, count, started, "ok")
         finally:
             snapshot.close()
             self.request.settimeout(self.limits.idle_timeout)
@@ -205,12 +211,14 @@ class Session(socketserver.BaseRequestHandler):
         count = size - upload.offset
         try:
             self.stream.send({"ok": True, "offset": upload.offset})
-            self.request.settimeout(self.limits.stall_timeout)
+            self.in_exchange = True
             limiter = self.server.rate_limiter(self.account)
+            self.request.settimeout(self.limits.stall_timeout)
             try:
-                self.stream.recv_data(
-                    count, upload.write if limiter is None else _throttled(upload.write, limiter)
-                )
+                if limiter is None:
+                    self.stream.recv_data(count, upload.write)
+                else:
+                    self.stream.recv_data(count, _throttled(upload.write, limiter), limiter.CHUNK)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()

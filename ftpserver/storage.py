@@ -83,6 +83,15 @@ def os_errors(path: str) -> Iterator[None]:
         raise cls(f"{path}: {text}") from exc
 
 
+def _valid_utf8(name: str) -> bool:
+    """False for a name made outside sockftp that is not UTF-8: no client could name it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _entry(name: str, st: os.stat_result) -> dict:
     is_dir = stat_mod.S_ISDIR(st.st_mode)
     return {
@@ -130,7 +139,7 @@ class Upload:
 
     @property
     def complete(self) -> bool:
-        """True when the destination already holds exactly this file."""
+        """True when no byte needs to be received: `offset == size`."""
         return self._file is None
 
     def write(self, chunk: memoryview) -> None:
@@ -147,25 +156,29 @@ class Upload:
         self._digest.update(chunk)
 
     def finish(self) -> None:
-        if self.complete:
-            return
+        """Verify and make the file visible under its name (PROTOCOL.md 5.4)."""
         try:
-            if self._error is not None:
-                self.partial.unlink(missing_ok=True)
-                raise self._error
-            with os_errors(self.path):
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
-            if self._digest.hexdigest() != self.md5:
-                self.partial.unlink(missing_ok=True)
-                raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
-            with os_errors(self.path):
-                os.replace(self.partial, self.dest)
-                _fsync_dir(self.dest.parent)
+            if self._file is not None:
+                self._verify_received()
+            if self.partial != self.dest:
+                with os_errors(self.path):
+                    os.replace(self.partial, self.dest)
+                    _fsync_dir(self.dest.parent)
                 self._checksums.record(self.dest, self.dest.stat(), self.md5)
         finally:
             self._close()
+
+    def _verify_received(self) -> None:
+        if self._error is not None:
+            self.partial.unlink(missing_ok=True)
+            raise self._error
+        with os_errors(self.path):
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        if self._digest.hexdigest() != self.md5:
+            self.partial.unlink(missing_ok=True)
+            raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
 
     def abort(self) -> None:
         """Stop without renaming: the partial file stays for a later resume."""
@@ -243,13 +256,14 @@ class Storage:
     def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
         vpath, real = self.resolve(account, path)
         with os_errors(vpath):
-            st = real.stat()
-            if not stat_mod.S_ISDIR(st.st_mode):
-                return vpath, [_entry(real.name, st)]
+            if not real.is_dir():
+                entry = self.stat(account, path)
+                entry.pop("md5")
+                return vpath, [entry]
             names = sorted(os.listdir(real))
         entries = []
         for name in names:
-            if name.startswith(RESERVED_PREFIX):
+            if name.startswith(RESERVED_PREFIX) or not _valid_utf8(name):
                 continue
             target = Path(os.path.realpath(real / name))
             if not self._inside(account.home, target):
@@ -264,12 +278,13 @@ class Storage:
 
     def stat(self, account: Account, path: str) -> dict:
         vpath, real = self.resolve(account, path)
+        name = vpath.rsplit("/", 1)[-1]  # the name asked for, also when it is a symlink
         with os_errors(vpath):
             if real.is_dir():
-                return _entry("" if vpath == "/" else real.name, real.stat())
+                return _entry(name, real.stat())
         snapshot = self._open_regular(vpath, real)
         with snapshot.file:
-            return {**_entry(real.name, os.fstat(snapshot.file.fileno())), "md5": snapshot.md5}
+            return {**_entry(name, os.fstat(snapshot.file.fileno())), "md5": snapshot.md5}
 
     def open_snapshot(self, account: Account, path: str) -> Snapshot:
         vpath, real = self.resolve(account, path)
@@ -304,15 +319,16 @@ class Storage:
     def begin_upload(
         self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
     ) -> Upload:
-        """Check everything a `put` needs before any data flows, and open the partial file."""
+        """Check everything a `put` needs before any data flows, then set up where the
+        bytes go. Nothing is created on disk until every check has passed."""
         vpath, dest = self.resolve(account, path)
         if vpath == "/":
             raise IsDirectoryError("/: is a directory")
         if self.max_file_size is not None and size > self.max_file_size:
             raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
-        self._prepare_parent(vpath, dest.parent, parents)
+        create_parent = self._check_parent(vpath, dest.parent, parents)
         with os_errors(vpath):
-            existing = dest.stat() if dest.exists() else None
+            existing = dest.stat() if not create_parent and dest.exists() else None
         if existing is not None:
             if stat_mod.S_ISDIR(existing.st_mode):
                 raise IsDirectoryError(f"{vpath}: is a directory")
@@ -321,8 +337,16 @@ class Storage:
             if not overwrite:
                 raise ExistsError(f"{vpath}: already exists")
         growth = size - (existing.st_size if existing else 0)
-        if self._materialise_copy(account, vpath, dest, size, md5, growth):
-            return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
+        if create_parent:
+            self._check_quota(account, vpath, growth)
+            with os_errors(vpath):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+        copy = self._instant_copy(account, vpath, dest, size, md5, growth)
+        if copy is not None:
+            return Upload(
+                vpath, dest, copy, size, md5, size, hashlib.md5(),
+                _release=lambda: copy.unlink(missing_ok=True), _checksums=self.checksums,
+            )  # fmt: skip
         partial, release = self._claim_partial(dest, size, md5)
         try:
             with os_errors(vpath):
@@ -339,11 +363,12 @@ class Storage:
             raise
         return Upload(vpath, dest, partial, size, md5, held, digest, file, release, _checksums=self.checksums)
 
-    def _materialise_copy(
+    def _instant_copy(
         self, account: Account, vpath: str, dest: Path, size: int, md5: str, growth: int
-    ) -> bool:
+    ) -> Path | None:
         """Instant upload: if this user's home already holds a file with this size and
-        MD5, link (or copy) it into place and return True; no byte need cross the network.
+        MD5, link (or copy) it to a temp file beside `dest` and return that; the upload
+        then needs no byte from the network and `finish()` renames it into place.
 
         A hard link is safe because stored files are only ever replaced by rename,
         never written in place. Only files inside the user's own home are candidates,
@@ -353,33 +378,35 @@ class Storage:
             temp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
             try:
                 with os_errors(vpath):
-                    try:
-                        os.link(source, temp)
-                        same = self.checksums.lookup(source, temp.stat()) == md5
-                    except OSError:  # another filesystem, or links not allowed
-                        shutil.copyfile(source, temp)
-                        _fsync_file(temp)
-                        with open(temp, "rb") as copy:
-                            same = md5_of(copy).hexdigest() == md5
-                    if not same:
-                        continue  # the source changed meanwhile
-                    os.replace(temp, dest)
-                    _fsync_dir(dest.parent)
-                    self.checksums.record(dest, dest.stat(), md5)
-            finally:
+                    if self._link_or_copy(source, temp, md5):
+                        return temp
+            except BaseException:
                 temp.unlink(missing_ok=True)
-            return True
-        return False
+                raise
+            temp.unlink(missing_ok=True)  # the source changed meanwhile: try the next
+        return None
 
-    def _prepare_parent(self, vpath: str, parent: Path, parents: bool) -> None:
+    def _link_or_copy(self, source: Path, temp: Path, md5: str) -> bool:
+        """Put `source`'s bytes at `temp`; True if they still have `md5`."""
+        try:
+            os.link(source, temp)
+            return self.checksums.lookup(source, temp.stat()) == md5
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(source, temp)
+            _fsync_file(temp)
+            with open(temp, "rb") as copy:
+                return md5_of(copy).hexdigest() == md5
+
+    def _check_parent(self, vpath: str, parent: Path, parents: bool) -> bool:
+        """Raise if `parent` cannot hold the target; True if it must be created first."""
         with os_errors(vpath):
             if parent.is_dir():
-                return
+                return False
             if any(p.exists() and not p.is_dir() for p in (parent, *parent.parents)):
                 raise NotDirectoryError(f"{vpath}: a component of the path is not a directory")
-            if not parents:
-                raise NotFoundError(f"{vpath}: parent directory does not exist")
-            parent.mkdir(parents=True, exist_ok=True)
+        if not parents:
+            raise NotFoundError(f"{vpath}: parent directory does not exist")
+        return True
 
     def _claim_partial(self, dest: Path, size: int, md5: str) -> tuple[Path, object]:
         """Return the resumable partial file for this upload and a function releasing it.
@@ -459,9 +486,9 @@ class Storage:
             raise ExistsError(f"{vpath}: already exists")
         if real.exists():
             raise ExistsError(f"{vpath}: already exists")
-        self._prepare_parent(vpath, real.parent, parents)
+        self._check_parent(vpath, real.parent, parents)
         with os_errors(vpath):
-            real.mkdir()
+            real.mkdir(parents=parents)
 
     def remove(self, account: Account, path: str) -> None:
         vpath, real = self.resolve(account, path, follow=False)
@@ -476,6 +503,9 @@ class Storage:
             names = os.listdir(real)
             if any(not name.startswith(RESERVED_PREFIX) for name in names):
                 raise NotEmptyError(f"{vpath}: directory is not empty")
+            with self._uploads_lock:
+                if any(partial.parent == real for partial in self._uploads_running):
+                    raise NotEmptyError(f"{vpath}: an upload into it is in progress")
             for name in names:  # only abandoned partial uploads are left
                 (real / name).unlink()
             real.rmdir()

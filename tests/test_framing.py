@@ -101,3 +101,12 @@ def test_encode_is_utf8_json_with_big_endian_length():
     (length,) = struct.unpack("!I", frame[:4])
     assert frame[4:] == '{"op":"é"}'.encode()
     assert length == len(frame) - 4
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_constants_are_refused(constant):
+    body = b'{"x": ' + constant + b"}"
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack("!I", len(body)) + body)
+    with pytest.raises(BadRequestError, match="not valid JSON"):
+        decoder.next_message()

@@ -555,6 +555,7 @@ def test_field_type_errors_keep_the_connection(raw):
         (struct.pack("!I", 2) + b"\xff\xfe", "bad_request"),
         (struct.pack("!I", 5) + b"hello", "bad_request"),
         (struct.pack("!I", 6) + b"[1, 2]", "bad_request"),
+        (struct.pack("!I", 22) + b'{"op": "ls", "x": NaN}', "bad_request"),
     ],
 )
 def test_broken_frames_get_an_error_and_close_and_others_are_untouched(raw, frame, code):
@@ -588,7 +589,7 @@ def test_internal_errors_carry_no_path_or_traceback(raw, server, monkeypatch):
     answer = stream.request("stat", path="f")
     assert_error(answer, "internal")
     assert str(server.root) not in answer["message"] and "Traceback" not in answer["message"]
-    assert raw().request("ls")["ok"]
+    assert stream.request("ls")["ok"]  # outside a transfer, the connection stays usable
 
 
 # -- limits --------------------------------------------------------------------------------
@@ -646,3 +647,58 @@ def test_server_keeps_serving_while_a_client_vanishes_mid_get(raw, server):
     stream.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     stream.close()  # RST, mid-transfer
     assert raw().request("stat", path="big")["size"] == 20_000_000
+
+
+def test_waiting_too_long_for_ack_is_timeout(make_config, serve, raw):
+    running = serve(make_config(limits={"idle_timeout": 0.3}))
+    (running.root / "f").write_bytes(b"abc")
+    stream = raw(running)
+    stream.send({"op": "get", "path": "f"})
+    assert stream.recv()["ok"]
+    assert_error(stream.recv(), "timeout")
+    assert_closed(stream)
+
+
+def test_stat_through_a_symlink_names_the_link(raw, server):
+    (server.root / "target.txt").write_bytes(b"x")
+    (server.root / "alias.txt").symlink_to("target.txt")
+    stream = raw()
+    assert stream.request("stat", path="alias.txt")["name"] == "alias.txt"
+    assert [e["name"] for e in stream.request("ls", path="alias.txt")["entries"]] == ["alias.txt"]
+
+
+def test_a_refused_put_creates_no_directories(raw, server):
+    stream = raw(user="carol")
+    assert_error(put(stream, "new/deep/f", b"x" * 2000, parents=True)[0], "quota_exceeded")
+    assert names_in(server.root / "carol") == []
+
+
+def test_rm_of_a_directory_with_an_upload_running_into_it_is_refused(raw, server):
+    (server.root / "d").mkdir()
+    stream = raw()
+    stream.request("put", path="d/f", size=10, md5=md5(b"0123456789"))
+    stream.sock.sendall(b"01234")
+    assert_error(raw().request("rm", path="d"), "not_empty")
+    stream.sock.sendall(b"56789")
+    assert stream.recv()["ok"] and (server.root / "d" / "f").read_bytes() == b"0123456789"
+
+
+def test_names_that_are_not_utf8_are_skipped_by_ls(raw, server):
+    os.close(os.open(os.path.join(os.fsencode(server.root), b"bad\xff"), os.O_CREAT | os.O_WRONLY))
+    (server.root / "good").write_bytes(b"x")
+    stream = raw()
+    assert [e["name"] for e in stream.request("ls")["entries"]] == ["good"]
+    assert stream.request("ls")["ok"]
+
+
+def test_an_instant_upload_answers_size_then_its_result_and_leaves_no_temp_file(raw, server):
+    data = os.urandom(5000)
+    (server.root / "a").write_bytes(data)
+    (server.root / "b").write_bytes(b"previous b")
+    stream = raw()
+    assert stream.request("stat", path="a")["md5"] == md5(data)  # now remembered
+    ack, result = put(stream, "b", data)
+    assert ack == {"ok": True, "offset": len(data)}
+    assert result == {"ok": True, "size": len(data), "md5": md5(data)}
+    assert (server.root / "b").read_bytes() == data and (server.root / "a").read_bytes() == data
+    assert names_in(server.root) == ["a", "b"]
