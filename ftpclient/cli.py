@@ -1,4 +1,4 @@
-"""The `ftpclient` command line: argparse subcommands over `Client`.
+"""The `ftpclient` command line: argparse subcommands over `Client` and `Batch`.
 
 Results go to stdout (one line each, or one JSON object per line with
 `--json`); progress bars and errors go to stderr, errors as one line without
@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import argparse
 import enum
-import getpass
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ftpproto import ProtocolError
+from ftpproto.units import parse_size
 
-from .client import Client, Entry, HandshakeError, Transfer
-from .progress import progress_bar
+from .batch import Batch, Filters, Job, Outcome, Summary, plan_get, plan_put
+from .client import Client, Entry, HandshakeError
+from .progress import batch_bar, progress_bar
+from .settings import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError, resolve_settings
 
 __all__ = ["ExitStatus", "main"]
-
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 9999
 
 
 class ExitStatus(enum.IntEnum):
@@ -51,32 +50,81 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
     default = None if top else argparse.SUPPRESS
     flag = False if top else argparse.SUPPRESS
     group = parser.add_argument_group("connection and output")
-    group.add_argument("--host", default=default, help=f"server address (env SOCKFTP_HOST; {DEFAULT_HOST})")
-    group.add_argument(
-        "--port", type=int, default=default, help=f"server port (env SOCKFTP_PORT; {DEFAULT_PORT})"
+    add = group.add_argument
+    add("--host", default=default, help=f"server address (env SOCKFTP_HOST; default {DEFAULT_HOST})")
+    add("--port", type=int, default=default, help=f"server port (env SOCKFTP_PORT; default {DEFAULT_PORT})")
+    add("--user", default=default, help="log in as USER (env SOCKFTP_USER); else anonymous")
+    add("--password-file", metavar="FILE", default=default, help="read the password from FILE's first line")
+    add("--tls", action="store_true", default=flag, help="connect with TLS (env SOCKFTP_TLS=1)")
+    add("--cafile", default=default, help="trust this CA bundle for TLS (env SOCKFTP_CAFILE)")
+    add("--profile", default=default, help="use this profile of the client config (env SOCKFTP_PROFILE)")
+    add(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help="client config file (default ~/.config/sockftp/client.yaml)",
     )
-    group.add_argument("--user", default=default, help="log in as USER (env SOCKFTP_USER); else anonymous")
-    group.add_argument(
-        "--tls", action="store_true", default=flag, help="connect with TLS (env SOCKFTP_TLS=1)"
+    add("--timeout", type=float, default=default, help="socket timeout in seconds (default 30)")
+    add("-q", "--quiet", action="store_true", default=flag, help="no progress bars, no result lines")
+    add("--json", action="store_true", default=flag, help="results as one JSON object per line")
+    add("--debug", action="store_true", default=flag, help="show tracebacks")
+
+
+def _add_transfer_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("batches")
+    add = group.add_argument
+    add("-r", "--recursive", action="store_true", help="transfer directory trees")
+    add("--from-file", metavar="LIST", help="also transfer the paths in LIST, one a line (- for stdin)")
+    add(
+        "-j", "--jobs", type=_positive, default=4, metavar="N", help="transfer over N connections (default 4)"
     )
-    group.add_argument("--cafile", default=default, help="trust this CA bundle for TLS (env SOCKFTP_CAFILE)")
-    group.add_argument(
-        "--timeout", type=float, default=30.0 if top else argparse.SUPPRESS, help="socket timeout"
+    add(
+        "--include", action="append", default=[], metavar="GLOB", help="only files matching GLOB (repeatable)"
     )
-    group.add_argument(
-        "-q", "--quiet", action="store_true", default=flag, help="no progress bars or result lines"
+    add(
+        "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching GLOB (repeatable)"
     )
-    group.add_argument(
-        "--json", action="store_true", default=flag, help="results as one JSON object per line"
+    add("-n", "--no-clobber", action="store_true", help="never replace a different existing file")
+    add("--dry-run", action="store_true", help="say what would be transferred; transfer nothing")
+    add(
+        "--limit-rate",
+        type=_rate,
+        metavar="RATE",
+        help="bytes per second for the whole batch (e.g. 500k, 2MB)",
     )
-    group.add_argument("--debug", action="store_true", default=flag, help="show tracebacks")
+    add("--retries", type=_count, default=0, metavar="N", help="retry a dropped transfer N times, resuming")
+    add("--fail-fast", action="store_true", help="stop at the first failure")
+
+
+def _positive(text: str) -> int:
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _rate(text: str) -> int:
+    try:
+        rate = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if rate < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 byte per second")
+    return rate
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftpclient",
         description="Move files to and from a sockftp server, verified by MD5.",
-        epilog="The password comes from SOCKFTP_PASSWORD, or is asked for on a terminal.",
+        epilog="Settings come from flags, then SOCKFTP_* variables, then the profile. "
+        "The password comes from SOCKFTP_PASSWORD, --password-file, the profile, or a prompt.",
     )
     _add_common(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -86,14 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(sub, top=False)
         return sub
 
-    get = command("get", "download files")
-    get.add_argument("remote", nargs="+", metavar="REMOTE")
+    get = command("get", "download files or trees")
+    get.add_argument("remote", nargs="*", metavar="REMOTE", help="remote paths; globs in the last name")
     get.add_argument("-o", "--output", metavar="LOCAL", help="file name, or directory for several files")
-    put = command("put", "upload files")
-    put.add_argument("local", nargs="+", metavar="LOCAL")
+    _add_transfer_options(get)
+    put = command("put", "upload files or trees")
+    put.add_argument("local", nargs="*", metavar="LOCAL", help="local files, directories (-r) or globs")
     put.add_argument("-d", "--dir", default="/", metavar="REMOTE_DIR", help="remote directory (default /)")
     put.add_argument("-p", "--parents", action="store_true", help="create missing remote directories")
-    put.add_argument("-n", "--no-clobber", action="store_true", help="never replace a different remote file")
+    _add_transfer_options(put)
     ls = command("ls", "list a remote directory")
     ls.add_argument("path", nargs="?", default="/", metavar="PATH")
     ls.add_argument("-l", "--long", action="store_true", help="type, size and time of each entry")
@@ -104,43 +153,38 @@ def build_parser() -> argparse.ArgumentParser:
     mkdir.add_argument("-p", "--parents", action="store_true", help="create parents; no error if it exists")
     rm = command("rm", "remove remote files or empty directories")
     rm.add_argument("path", nargs="+", metavar="PATH")
+    command("shell", "an interactive session: cd, ls, get, put, ... over one connection")
     return parser
 
 
 # -- connection ------------------------------------------------------------------
 
 
-@dataclass
-class Settings:
-    host: str
-    port: int
-    user: str | None
-    password: str | None
-    timeout: float
-    tls: bool = False
-    cafile: str | None = None
+def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    try:
+        return resolve_settings(
+            env,
+            host=args.host,
+            port=args.port,
+            user=args.user,
+            tls=args.tls,
+            cafile=args.cafile,
+            timeout=args.timeout,
+            password_file=args.password_file,
+            profile=args.profile,
+            config=args.config,
+        )
+    except SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def resolve_settings(args: argparse.Namespace, env: dict[str, str]) -> Settings:
-    """Flags win over environment variables, which win over defaults."""
-    port = args.port
-    if port is None:
-        raw = env.get("SOCKFTP_PORT", str(DEFAULT_PORT))
-        if not raw.isdigit():
-            raise UsageError(f"SOCKFTP_PORT must be a port number, not {raw!r}")
-        port = int(raw)
-    if not 0 < port < 65536:
-        raise UsageError(f"port {port} is out of range")
-    user = args.user or env.get("SOCKFTP_USER") or None
-    password = env.get("SOCKFTP_PASSWORD")
-    if user and password is None:
-        if not sys.stdin.isatty():
-            raise UsageError(f"no password for {user!r}: set SOCKFTP_PASSWORD or run on a terminal")
-        password = getpass.getpass(f"Password for {user}: ")
-    host = args.host or env.get("SOCKFTP_HOST") or DEFAULT_HOST
-    cafile = args.cafile or env.get("SOCKFTP_CAFILE") or None
-    tls = args.tls or env.get("SOCKFTP_TLS", "").lower() in ("1", "true", "yes") or cafile is not None
-    return Settings(host, port, user, password, args.timeout, tls, cafile)
+def connector(settings: Settings) -> Callable[[], Client]:
+    s = settings
+
+    def connect() -> Client:
+        return Client(s.host, s.port, s.user, s.password, s.timeout, s.tls, s.cafile)
+
+    return connect
 
 
 class Connection:
@@ -148,6 +192,7 @@ class Connection:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.connect = connector(settings)
         self._client: Client | None = None
 
     @property
@@ -155,7 +200,7 @@ class Connection:
         if self._client is None or self._client.closed:
             s = self.settings
             try:
-                self._client = Client(s.host, s.port, s.user, s.password, s.timeout, s.tls, s.cafile)
+                self._client = self.connect()
             except HandshakeError as exc:
                 raise ConnectFailedError(str(exc)) from exc
             except OSError as exc:
@@ -178,7 +223,7 @@ class Output:
     def result(self, text: str, record: dict) -> None:
         if self.json:
             print(json.dumps(record, ensure_ascii=False), flush=True)
-        elif not self.quiet:
+        elif not self.quiet and text:
             print(text, flush=True)
 
     def listing(self, text: str, record: dict) -> None:
@@ -186,58 +231,78 @@ class Output:
         print(json.dumps(record, ensure_ascii=False) if self.json else text, flush=True)
 
     def error(self, what: str, exc: BaseException, record: dict | None = None) -> None:
-        code = getattr(exc, "code", None) if isinstance(exc, ProtocolError) else None
-        if isinstance(exc, ProtocolError):
-            reason = f"{exc.code}: {exc.message}"
-        elif isinstance(exc, OSError) and exc.strerror:
-            reason = exc.strerror
-        else:
-            reason = str(exc) or exc.__class__.__name__
-        print(f"ftpclient: {what}: {reason}", file=sys.stderr, flush=True)
+        print(f"ftpclient: {what}: {reason(exc)}", file=sys.stderr, flush=True)
         if self.json and record is not None:
-            print(json.dumps({**record, "result": "failed", "error": code, "message": reason}), flush=True)
+            code = exc.code if isinstance(exc, ProtocolError) else None
+            print(
+                json.dumps({**record, "result": "failed", "error": code, "message": reason(exc)}), flush=True
+            )
 
 
-def _human_size(count: int) -> str:
+def reason(exc: BaseException) -> str:
+    if isinstance(exc, ProtocolError):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or exc.__class__.__name__
+
+
+def human_size(count: int) -> str:
     size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
             return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
-    raise AssertionError("unreachable")
+    return f"{size:.1f} TiB"
 
 
-def _transfer_record(op: str, transfer: Transfer) -> dict:
-    return {
-        "op": op,
-        "remote": transfer.remote,
-        "local": transfer.local,
-        "size": transfer.size,
-        "md5": transfer.md5,
-        "sent": transfer.sent,
-        "seconds": round(transfer.seconds, 6),
-        "result": "skipped" if transfer.skipped else "ok",
-    }
+def outcome_record(outcome: Outcome) -> dict:
+    job, transfer = outcome.job, outcome.transfer
+    record = {"op": job.op, "remote": job.remote, "local": str(job.local), "result": outcome.result}
+    if transfer is not None:
+        record.update(
+            size=transfer.size, md5=transfer.md5, sent=transfer.sent, seconds=round(transfer.seconds, 6)
+        )
+    elif job.size is not None:
+        record["size"] = job.size
+    if outcome.note:
+        record["note"] = outcome.note
+    if outcome.attempts > 1:
+        record["attempts"] = outcome.attempts
+    return record
 
 
-def _transfer_line(op: str, transfer: Transfer) -> str:
-    arrow = (
-        f"{transfer.remote} -> {transfer.local}" if op == "get" else f"{transfer.local} -> {transfer.remote}"
-    )
-    if transfer.skipped or (transfer.sent == 0 and transfer.size):
-        return f"{op}: {arrow}: identical file already there, nothing sent"
+def outcome_line(outcome: Outcome) -> str:
+    job, transfer = outcome.job, outcome.transfer
+    if job.op.startswith("mkdir"):
+        return f"{job.op}: {job.remote if job.op == 'mkdir' else job.local}: {outcome.note}"
+    arrow = f"{job.remote} -> {job.local}" if job.op == "get" else f"{job.local} -> {job.remote}"
+    if outcome.result == "planned" or transfer is None:
+        return f"{job.op}: {arrow}: {outcome.note or outcome.result}"
+    if outcome.result == "skipped":
+        return f"{job.op}: {arrow}: identical file already there, nothing sent"
     resumed = (
-        f", resumed after {_human_size(transfer.size - transfer.sent)}"
+        f", resumed after {human_size(transfer.size - transfer.sent)}"
         if transfer.sent < transfer.size
         else ""
     )
-    return f"{op}: {arrow}: {_human_size(transfer.size)}, md5 {transfer.md5}{resumed}"
+    return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}{resumed}"
+
+
+def summary_line(summary: Summary, dry_run: bool) -> str:
+    if dry_run:
+        return f"dry run: would transfer {summary.sent} files, skip {summary.skipped}, {summary.failed} failed; nothing moved"
+    rate = f"{human_size(int(summary.rate))}/s"
+    return (
+        f"sent {summary.sent} files, skipped {summary.skipped}, failed {summary.failed}: "
+        f"{human_size(summary.bytes)} in {summary.seconds:.1f}s ({rate})"
+    )
 
 
 # -- commands --------------------------------------------------------------------
 
 
-def each(items: list[str], conn: Connection, out: Output, op: str, run: Callable[[str], None]) -> bool:
+def each(items: list[str], out: Output, op: str, run: Callable[[str], None]) -> bool:
     """Run `run` on every item, reporting each failure and carrying on; True if all succeeded."""
     ok = True
     for item in items:
@@ -253,46 +318,89 @@ def each(items: list[str], conn: Connection, out: Output, op: str, run: Callable
     return ok
 
 
+def read_list(name: str | None) -> list[str]:
+    """The paths in a --from-file list: one a line, blank lines skipped; `-` is stdin."""
+    if name is None:
+        return []
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"--from-file {name}: {exc.strerror}") from None
+    return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
+
+
+def run_batch(
+    args: argparse.Namespace, conn: Connection, out: Output, jobs: list[Job], failed: list[Outcome]
+) -> bool:
+    """Run planned jobs, report each outcome and (for more than one file) a summary."""
+    for outcome in failed:
+        out.error(f"{outcome.job.op} {outcome.job.remote if outcome.job.op == 'get' else outcome.job.local}",
+                  outcome.error, outcome_record(outcome))  # fmt: skip
+    single = len(jobs) == 1 and not failed and jobs[0].op in ("get", "put")
+    files = [job for job in jobs if job.op in ("get", "put")]
+    bars = not out.quiet and not out.json
+    overall = batch_bar(len(files), sum(job.size or 0 for job in files), bars and not single)
+    file_bar = progress_bar(PurePosixPath(jobs[0].remote).name, bars) if single else None
+
+    def progress(job: Job, done: int, total: int) -> None:
+        overall.progress(job, done, total)
+        if file_bar is not None:
+            file_bar(done, total)
+
+    def report(outcome: Outcome) -> None:
+        overall.finished(outcome.job, outcome.job.size)
+        if outcome.result == "failed":
+            what = outcome.job.remote if outcome.job.op == "get" else str(outcome.job.local)
+            out.error(f"{outcome.job.op} {what}", outcome.error, outcome_record(outcome))
+        elif not outcome.job.op.startswith("mkdir") or out.json or args.dry_run:
+            out.result(outcome_line(outcome), outcome_record(outcome))
+
+    batch = Batch(
+        conn.connect,
+        workers=args.jobs,
+        retries=args.retries,
+        fail_fast=args.fail_fast,
+        no_clobber=args.no_clobber,
+        dry_run=args.dry_run,
+        limit_rate=args.limit_rate,
+        parents=getattr(args, "parents", True) or args.recursive,
+        on_progress=progress,
+        on_outcome=report,
+    )
+    try:
+        summary = batch.run(jobs, first_client=conn.client if jobs else None)
+    finally:
+        overall.close()
+        if file_bar is not None:
+            file_bar.close()
+    summary.failed += len(failed)
+    if len(jobs) + len(failed) > 1 or args.dry_run:
+        out.result(summary_line(summary, args.dry_run), summary.record())
+    return summary.failed == 0
+
+
 def cmd_get(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+    remotes = args.remote + read_list(args.from_file)
+    if not remotes:
+        raise UsageError("get: name at least one REMOTE path (or --from-file)")
     target = Path(args.output) if args.output else None
-    several = len(args.remote) > 1
-    if several and target is not None and not target.is_dir():
+    if len(remotes) > 1 and target is not None and not target.is_dir():
         raise UsageError(f"-o {args.output}: with several files, -o must be an existing directory")
-
-    def get(remote: str) -> None:
-        name = PurePosixPath(remote).name
-        if target is None or target.is_dir():
-            if not name or name in (".", ".."):
-                raise UsageError(f"get {remote}: not a file name; use -o to name the local file")
-            local = (target or Path()) / name
-        else:
-            local = target
-        bar = progress_bar(name, not out.quiet and not out.json)
-        try:
-            transfer = conn.client.get(remote, local, progress=bar)
-        finally:
-            bar.close()
-        out.result(_transfer_line("get", transfer), _transfer_record("get", transfer))
-
-    return each(args.remote, conn, out, "get", get)
+    for remote in remotes:
+        if PurePosixPath(remote).name in ("", ".", "..") and not args.recursive:
+            raise UsageError(f"get {remote}: not a file name; name a file, or use -r for a directory")
+    filters = Filters(tuple(args.include), tuple(args.exclude))
+    jobs, failed = plan_get(conn.client, remotes, target, args.recursive, filters)
+    return run_batch(args, conn, out, jobs, failed)
 
 
 def cmd_put(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
-    def put(local: str) -> None:
-        path = Path(local)
-        if path.is_dir():
-            raise IsADirectoryError(21, "is a directory (directory trees come with a later release)")
-        remote = str(PurePosixPath("/", args.dir.lstrip("/"), path.name))
-        bar = progress_bar(path.name, not out.quiet and not out.json)
-        try:
-            transfer = conn.client.put(
-                path, remote, overwrite=not args.no_clobber, parents=args.parents, progress=bar
-            )
-        finally:
-            bar.close()
-        out.result(_transfer_line("put", transfer), _transfer_record("put", transfer))
-
-    return each(args.local, conn, out, "put", put)
+    sources = args.local + read_list(args.from_file)
+    if not sources:
+        raise UsageError("put: name at least one LOCAL path (or --from-file)")
+    filters = Filters(tuple(args.include), tuple(args.exclude))
+    jobs, failed = plan_put(sources, args.dir, args.recursive, filters)
+    return run_batch(args, conn, out, jobs, failed)
 
 
 def _entry_record(path: str, entry: Entry) -> dict:
@@ -302,33 +410,38 @@ def _entry_record(path: str, entry: Entry) -> dict:
     return record
 
 
-def _long_line(entry: Entry) -> str:
+def long_line(entry: Entry) -> str:
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
     size = "-" if entry.type == "dir" else str(entry.size)
     name = entry.name + ("/" if entry.type == "dir" else "")
     return f"{entry.type[0]} {size:>12}  {when}  {name}"
 
 
+def short_line(entry: Entry) -> str:
+    return entry.name + ("/" if entry.type == "dir" else "")
+
+
 def cmd_ls(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     def ls(path: str) -> None:
         for entry in conn.client.ls(path):
-            line = _long_line(entry) if args.long else entry.name + ("/" if entry.type == "dir" else "")
+            line = long_line(entry) if args.long else short_line(entry)
             out.listing(line, _entry_record(str(PurePosixPath("/", path.lstrip("/"), entry.name)), entry))
 
-    return each([args.path], conn, out, "ls", ls)
+    return each([args.path], out, "ls", ls)
+
+
+def stat_line(path: str, entry: Entry) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(entry.mtime))
+    line = f"{path}: {entry.type}, {entry.size} bytes, modified {when}"
+    return line + (f", md5 {entry.md5}" if entry.md5 else "")
 
 
 def cmd_stat(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     def stat(path: str) -> None:
         entry = conn.client.stat(path)
-        record = _entry_record(path, entry)
-        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(entry.mtime))
-        lines = [f"{path}: {entry.type}, {entry.size} bytes, modified {when}"]
-        if entry.md5:
-            lines[0] += f", md5 {entry.md5}"
-        out.listing("\n".join(lines), record)
+        out.listing(stat_line(path, entry), _entry_record(path, entry))
 
-    return each(args.path, conn, out, "stat", stat)
+    return each(args.path, out, "stat", stat)
 
 
 def cmd_mkdir(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
@@ -337,7 +450,7 @@ def cmd_mkdir(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
         if out.json:
             out.result("", {"op": "mkdir", "path": path, "result": "ok"})
 
-    return each(args.path, conn, out, "mkdir", mkdir)
+    return each(args.path, out, "mkdir", mkdir)
 
 
 def cmd_rm(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
@@ -346,10 +459,24 @@ def cmd_rm(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
         if out.json:
             out.result("", {"op": "rm", "path": path, "result": "ok"})
 
-    return each(args.path, conn, out, "rm", rm)
+    return each(args.path, out, "rm", rm)
 
 
-COMMANDS = {"get": cmd_get, "put": cmd_put, "ls": cmd_ls, "stat": cmd_stat, "mkdir": cmd_mkdir, "rm": cmd_rm}
+def cmd_shell(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+    from .shell import Shell
+
+    return Shell(conn.client).run()
+
+
+COMMANDS = {
+    "get": cmd_get,
+    "put": cmd_put,
+    "ls": cmd_ls,
+    "stat": cmd_stat,
+    "mkdir": cmd_mkdir,
+    "rm": cmd_rm,
+    "shell": cmd_shell,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args)
     try:
-        conn = Connection(resolve_settings(args, dict(os.environ)))
+        conn = Connection(settings_from(args, dict(os.environ)))
         try:
             ok = COMMANDS[args.command](args, conn, out)
         finally:

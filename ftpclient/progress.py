@@ -7,11 +7,13 @@ stderr is not a terminal or the user asked for quiet.
 
 from __future__ import annotations
 
+import posixpath
 import sys
+import threading
 
 from tqdm import tqdm
 
-__all__ = ["NullBar", "TransferBar", "progress_bar"]
+__all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar"]
 
 
 class TransferBar:
@@ -54,3 +56,58 @@ class NullBar:
 
 def progress_bar(label: str, enabled: bool) -> TransferBar | NullBar:
     return TransferBar(label) if enabled and sys.stderr.isatty() else NullBar()
+
+
+class BatchBar:
+    """One bar for a whole batch: bytes moved of all files, files done, the current file."""
+
+    def __init__(self, files: int, total_bytes: int) -> None:
+        self.files, self.done_files = files, 0
+        self._lock = threading.Lock()
+        self._seen: dict[object, int] = {}
+        self._bar = tqdm(
+            total=total_bytes,
+            desc=self._description(),
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            file=sys.stderr,
+            leave=False,
+            dynamic_ncols=True,
+        )
+
+    def _description(self) -> str:
+        return f"{self.done_files}/{self.files} files"
+
+    def progress(self, job: object, done: int, total: int) -> None:
+        with self._lock:
+            delta = done - self._seen.get(job, 0)
+            self._seen[job] = done
+            self._bar.update(delta)
+            self._bar.set_postfix_str(posixpath.basename(str(getattr(job, "remote", ""))), refresh=False)
+
+    def finished(self, job: object, size: int | None) -> None:
+        with self._lock:
+            self.done_files += 1
+            missing = (size or 0) - self._seen.pop(job, 0)
+            if missing > 0:  # skipped or failed: its bytes count as dealt with
+                self._bar.update(missing)
+            self._bar.set_description(self._description(), refresh=True)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class NullBatchBar:
+    def progress(self, job: object, done: int, total: int) -> None:
+        pass
+
+    def finished(self, job: object, size: int | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def batch_bar(files: int, total_bytes: int, enabled: bool) -> BatchBar | NullBatchBar:
+    return BatchBar(files, total_bytes) if enabled and sys.stderr.isatty() else NullBatchBar()

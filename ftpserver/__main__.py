@@ -14,8 +14,10 @@ import signal
 import sys
 import threading
 
+from ftpproto.units import parse_size
+
 from .auth import hash_password
-from .config import PERMISSIONS, ConfigError, load_config, parse_size, read_user_entries, save_users
+from .config import PERMISSIONS, ConfigError, load_config, read_user_entries, save_users
 from .server import FileServer, _version
 
 __all__ = ["main"]

@@ -9,13 +9,14 @@ starts the same from any working directory.
 from __future__ import annotations
 
 import os
-import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ftpproto.units import parse_size
 
 __all__ = [
     "Account",
@@ -24,31 +25,15 @@ __all__ = [
     "ServerConfig",
     "load_config",
     "load_users",
-    "parse_size",
     "read_user_entries",
     "save_users",
 ]
 
 PERMISSIONS = ("r", "rw")
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgtp", start=1):
-    _UNITS[_p] = _UNITS[_p + "b"] = 1000**_i
-    _UNITS[_p + "i"] = _UNITS[_p + "ib"] = 1024**_i
 
 
 class ConfigError(Exception):
     """A config file that cannot be used; the message names the file and key."""
-
-
-def parse_size(value: Any) -> int:
-    """Return a byte count from an int or a string like `10GB`, `512MiB`, `1.5k`."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a size (use bytes or units like 10GB, 512MiB)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,9 @@ def test_several_files_and_directories(port, work, tmp_path):
     for name in ("a.txt", "b c.txt", "中文.txt"):
         (work / name).write_text(name)
     result = run_cli("put", "a.txt", "b c.txt", "中文.txt", "-d", "/in/box", "-p", port=port, cwd=work)
-    assert result.returncode == 0 and len(result.stdout.splitlines()) == 3
+    *lines, summary = result.stdout.splitlines()
+    assert result.returncode == 0 and len(lines) == 3
+    assert summary.startswith("sent 3 files, skipped 0, failed 0: 22 B in ")
     long = run_cli("ls", "-l", "/in/box", port=port)
     assert [line.split(maxsplit=4)[-1] for line in long.stdout.splitlines()] == [
         "a.txt",

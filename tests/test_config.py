@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from ftpproto.units import parse_size
 from ftpserver.auth import hash_password, verify_password
-from ftpserver.config import ConfigError, load_config, parse_size
+from ftpserver.config import ConfigError, load_config
 
 from .conftest import write_config
 

@@ -1,0 +1,409 @@
+"""Batches: many files over N connections, with filters, retries and a summary.
+
+    jobs, failed = plan_put(["photos"], "/backup", recursive=True, filters=Filters())
+    batch = Batch(lambda: Client(host, port), workers=4, retries=3)
+    summary = batch.run(jobs)
+    print(summary.line())
+
+Planning turns what the user named (paths, globs, trees, on either side) into
+`Job`s, and what cannot be planned (a missing file, a directory without -r)
+into failed `Outcome`s. `Batch.run()` hands the jobs to worker threads, each
+with its own connection; a job whose connection drops is retried on a new one
+and resumes where it broke off (the server reports the offset for uploads,
+the partial file does it for downloads). One failed file does not stop the
+others unless `fail_fast` is set.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import posixpath
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftpproto import ExistsError, ProtocolError
+from ftpproto.pacing import RateLimiter
+
+from .client import Client, Transfer, md5_file
+
+__all__ = ["Batch", "Filters", "Job", "Outcome", "Summary", "plan_get", "plan_put"]
+
+DIRECTORY_OPS = ("mkdir", "mkdir-local")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One thing to do: `put` or `get` a file, or make an empty directory of a tree:
+    `mkdir` (remote, for an upload) or `mkdir-local` (for a download)."""
+
+    op: str
+    local: Path
+    remote: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job: Job
+    result: str  # "ok", "skipped", "failed", or "planned" in a dry run
+    transfer: Transfer | None = None
+    error: BaseException | None = None
+    note: str = ""  # why it was skipped, or what a dry run would do
+    attempts: int = 1
+
+
+@dataclass
+class Summary:
+    sent: int = 0
+    skipped: int = 0
+    failed: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    def add(self, outcome: Outcome) -> None:
+        """Count a file's outcome; directories count only when they fail."""
+        if outcome.result == "failed":
+            self.failed += 1
+        elif outcome.job.op in DIRECTORY_OPS:
+            pass
+        elif outcome.result == "skipped":
+            self.skipped += 1
+        elif outcome.result in ("ok", "planned"):
+            self.sent += 1
+        if outcome.transfer is not None:
+            self.bytes += outcome.transfer.sent
+
+    @property
+    def rate(self) -> float:
+        return self.bytes / self.seconds if self.seconds > 0 else 0.0
+
+    def record(self) -> dict:
+        return {
+            "op": "summary",
+            "sent": self.sent,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 6),
+            "rate": round(self.rate),
+        }
+
+
+@dataclass(frozen=True)
+class Filters:
+    """`--include`/`--exclude` globs, matched against a file's path within the tree and
+    against its name. Kept: matches an include (if any are given) and no exclude."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def keep(self, relative: str) -> bool:
+        def matches(patterns: tuple[str, ...]) -> bool:
+            name = posixpath.basename(relative)
+            return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+        return (not self.include or matches(self.include)) and not matches(self.exclude)
+
+
+def remote_join(directory: str, *names: str) -> str:
+    return posixpath.join("/", directory.strip("/"), *names).rstrip("/") or "/"
+
+
+def _failed(op: str, local: Path, remote: str, error: BaseException) -> Outcome:
+    return Outcome(Job(op, local, remote), "failed", error=error)
+
+
+# -- planning ------------------------------------------------------------------
+
+
+def plan_put(
+    sources: Iterable[str], remote_dir: str, recursive: bool, filters: Filters = Filters()
+) -> tuple[list[Job], list[Outcome]]:
+    """Jobs for uploading `sources` (files, directories with `recursive`, globs) into `remote_dir`."""
+    jobs: list[Job] = []
+    failed: list[Outcome] = []
+    for source in sources:
+        paths = [Path(source)]
+        if glob.has_magic(source) and not os.path.lexists(source):
+            paths = [Path(p) for p in sorted(glob.glob(source))]
+            if not paths:
+                failed.append(
+                    _failed("put", Path(source), remote_dir, FileNotFoundError(2, "no file matches"))
+                )
+        for path in paths:
+            if path.is_dir():
+                if recursive:
+                    jobs += _plan_local_tree(path, remote_join(remote_dir, path.resolve().name), filters)
+                else:
+                    failed.append(
+                        _failed("put", path, remote_dir, IsADirectoryError(21, "is a directory (use -r)"))
+                    )
+            elif not path.exists():
+                failed.append(
+                    _failed("put", path, remote_dir, FileNotFoundError(2, "No such file or directory"))
+                )
+            elif filters.keep(path.name):
+                jobs.append(Job("put", path, remote_join(remote_dir, path.name), path.stat().st_size))
+    return jobs, failed
+
+
+def _plan_local_tree(root: Path, remote_root: str, filters: Filters) -> list[Job]:
+    jobs = []
+    for directory, dirs, files in os.walk(root):
+        dirs.sort()
+        relative_dir = os.path.relpath(directory, root)
+        parts = () if relative_dir == "." else Path(relative_dir).parts
+        remote_dir = remote_join(remote_root, *parts)
+        if not dirs and not files:
+            jobs.append(Job("mkdir", Path(directory), remote_dir))
+        for name in sorted(files):
+            path = Path(directory, name)
+            if filters.keep(posixpath.join(*parts, name)):
+                jobs.append(Job("put", path, remote_join(remote_dir, name), _size(path)))
+    return jobs
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def plan_get(
+    client: Client,
+    remotes: Iterable[str],
+    output: Path | None,
+    recursive: bool,
+    filters: Filters = Filters(),
+) -> tuple[list[Job], list[Outcome]]:
+    """Jobs for downloading `remotes` (files, trees with `recursive`, globs in the last
+    name). `output` names the local file for one remote file, else the directory."""
+    remotes = list(remotes)
+    base = output or Path()
+    jobs: list[Job] = []
+    failed: list[Outcome] = []
+    for remote in remotes:
+        try:
+            matches = _expand_remote(client, remote)
+            if not matches:
+                raise FileNotFoundError(2, "no remote file matches")
+            for path, entry_type, size in matches:
+                name = posixpath.basename(path.rstrip("/"))
+                if entry_type == "file":
+                    one_file = len(remotes) == 1 and len(matches) == 1
+                    local = output if one_file and output is not None and not output.is_dir() else base / name
+                    if filters.keep(name):
+                        jobs.append(Job("get", local, path, size))
+                elif recursive:
+                    jobs += _plan_remote_tree(client, path, base / name, filters)
+                else:
+                    raise IsADirectoryError(21, "is a directory (use -r)")
+        except (ProtocolError, OSError) as exc:
+            failed.append(_failed("get", base, remote, exc))
+    return jobs, failed
+
+
+def _expand_remote(client: Client, remote: str) -> list[tuple[str, str, int]]:
+    """(path, type, size) for `remote`, or for each name its glob matches."""
+    parent, pattern = posixpath.split(remote)
+    if glob.has_magic(pattern):
+        entries = client.ls(parent or "/")
+        return [
+            (remote_join(parent, e.name), e.type, e.size)
+            for e in entries
+            if fnmatch.fnmatchcase(e.name, pattern)
+        ]
+    entry = client.stat(remote)
+    return [(remote, entry.type, entry.size)]
+
+
+def _plan_remote_tree(client: Client, remote_root: str, local_root: Path, filters: Filters) -> list[Job]:
+    jobs = []
+    pending = [(remote_root, local_root, "")]
+    while pending:
+        remote_dir, local_dir, relative = pending.pop()
+        entries = client.ls(remote_dir)
+        if not entries:
+            jobs.append(Job("mkdir-local", local_dir, remote_dir))
+        for entry in entries:
+            path, local = remote_join(remote_dir, entry.name), local_dir / entry.name
+            rel = posixpath.join(relative, entry.name)
+            if entry.type == "dir":
+                pending.append((path, local, rel))
+            elif filters.keep(rel):
+                jobs.append(Job("get", local, path, entry.size))
+    return jobs
+
+
+# -- running -------------------------------------------------------------------
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """A dropped or refused connection, a time-out, or a server that said busy."""
+    if isinstance(exc, ProtocolError):
+        return exc.closes and exc.code in ("busy", "timeout")
+    return isinstance(exc, ConnectionError | TimeoutError)
+
+
+@dataclass
+class Batch:
+    """Runs jobs over `workers` connections made by `connect()`.
+
+    `on_progress(job, done, total)` and `on_outcome(outcome)` are called from
+    worker threads (`on_outcome` one at a time). `limit_rate` caps the whole
+    batch in bytes per second; `dry_run` only says what each job would do.
+    """
+
+    connect: Callable[[], Client]
+    workers: int = 4
+    retries: int = 0
+    fail_fast: bool = False
+    no_clobber: bool = False
+    parents: bool = True
+    dry_run: bool = False
+    limit_rate: int | None = None
+    backoff: float = 0.5
+    on_progress: Callable[[Job, int, int], object] | None = None
+    on_outcome: Callable[[Outcome], object] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
+        """Run every job; `first_client`, if given, is used by the first worker."""
+        summary = Summary()
+        started = time.monotonic()
+        pace = RateLimiter(self.limit_rate) if self.limit_rate else None
+        todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        for job in jobs:
+            todo.put(job)
+        count = max(1, min(self.workers, len(jobs)))
+        threads = [
+            threading.Thread(target=self._work, args=(todo, summary, pace, first_client if i == 0 else None))
+            for i in range(count)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        summary.seconds = time.monotonic() - started
+        return summary
+
+    def _work(
+        self, todo: queue.SimpleQueue, summary: Summary, pace: RateLimiter | None, client: Client | None
+    ) -> None:
+        connection = _Connection(self.connect, pace, client)
+        try:
+            while not self._stop.is_set():
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                outcome = self._attempts(job, connection)
+                with self._report_lock:
+                    summary.add(outcome)
+                    if self.on_outcome is not None:
+                        self.on_outcome(outcome)
+                if outcome.result == "failed" and self.fail_fast:
+                    self._stop.set()
+        finally:
+            connection.close()
+
+    def _attempts(self, job: Job, connection: _Connection) -> Outcome:
+        attempt = 1
+        while True:
+            try:
+                return self._do(job, connection.get(), attempt)
+            except ExistsError:
+                return Outcome(job, "skipped", note="exists", attempts=attempt)
+            except (ProtocolError, OSError) as exc:
+                if not is_retryable(exc) or attempt > self.retries or self._stop.is_set():
+                    return Outcome(job, "failed", error=exc, attempts=attempt)
+                connection.drop()
+                time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
+                attempt += 1
+
+    def _do(self, job: Job, client: Client, attempt: int) -> Outcome:
+        if job.op in DIRECTORY_OPS:
+            if self.dry_run:
+                return Outcome(job, "planned", note="would create directory", attempts=attempt)
+            if job.op == "mkdir":
+                client.mkdir(job.remote, parents=True)
+            else:
+                job.local.mkdir(parents=True, exist_ok=True)
+            return Outcome(job, "ok", note="directory", attempts=attempt)
+        if self.dry_run:
+            note = self._preview(client, job)
+            return Outcome(job, "skipped" if "skip" in note else "planned", note=note, attempts=attempt)
+        progress = None
+        if self.on_progress is not None:
+
+            def progress(done: int, total: int) -> None:
+                self.on_progress(job, done, total)
+
+        if job.op == "put":
+            transfer = client.put(
+                job.local, job.remote, overwrite=not self.no_clobber, parents=True, progress=progress
+            )
+        else:
+            if self.no_clobber and job.local.exists():
+                return Outcome(job, "skipped", note="exists", attempts=attempt)
+            job.local.parent.mkdir(parents=True, exist_ok=True)
+            transfer = client.get(job.remote, job.local, progress=progress)
+        skipped = transfer.skipped or (transfer.sent == 0 and transfer.size > 0)
+        return Outcome(
+            job,
+            "skipped" if skipped else "ok",
+            transfer,
+            note="identical" if skipped else "",
+            attempts=attempt,
+        )
+
+    def _preview(self, client: Client, job: Job) -> str:
+        """What `job` would do: send, or skip because the other side has it."""
+        local_size = _size(job.local)
+        try:
+            remote = client.stat(job.remote)
+        except ProtocolError as exc:
+            if exc.code == "not_found":
+                return "would send" if job.op == "put" else "would fetch"
+            raise
+        if job.op == "put":
+            if remote.size == local_size and remote.md5 == md5_file(job.local):
+                return "would skip (identical)"
+            return "would skip (exists)" if self.no_clobber else "would replace"
+        if local_size is None:
+            return "would fetch"
+        if local_size == remote.size and md5_file(job.local) == remote.md5:
+            return "would skip (identical)"
+        return "would skip (exists)" if self.no_clobber else "would replace"
+
+
+class _Connection:
+    """A worker's connection: made on first use, remade after it broke."""
+
+    def __init__(
+        self, connect: Callable[[], Client], pace: RateLimiter | None, client: Client | None
+    ) -> None:
+        self._connect, self._pace, self._client = connect, pace, client
+
+    def get(self) -> Client:
+        if self._client is None or self._client.closed:
+            self._client = self._connect()
+        self._client.pace = self._pace
+        return self._client
+
+    def drop(self) -> None:
+        if self._client is not None:
+            self._client.sock.close()
+            self._client = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
