@@ -349,21 +349,16 @@ class Batch:
 
         if job.op == "put":
             transfer = client.put(
-                job.local, job.remote, overwrite=not self.no_clobber, parents=True, progress=progress
+                job.local, job.remote, overwrite=not self.no_clobber, parents=self.parents, progress=progress
             )
         else:
             if self.no_clobber and job.local.exists():
                 return Outcome(job, "skipped", note="exists", attempts=attempt)
             job.local.parent.mkdir(parents=True, exist_ok=True)
             transfer = client.get(job.remote, job.local, progress=progress)
-        skipped = transfer.skipped or (transfer.sent == 0 and transfer.size > 0)
-        return Outcome(
-            job,
-            "skipped" if skipped else "ok",
-            transfer,
-            note="identical" if skipped else "",
-            attempts=attempt,
-        )
+        if transfer.skipped:
+            return Outcome(job, "skipped", transfer, note="identical", attempts=attempt)
+        return Outcome(job, "ok", transfer, attempts=attempt)
 
     def _preview(self, client: Client, job: Job) -> str:
         """What `job` would do: send, or skip because the other side has it."""

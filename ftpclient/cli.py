@@ -367,6 +367,8 @@ def run_batch(
         on_progress=progress,
         on_outcome=report,
     )
+    if failed and args.fail_fast:
+        jobs = []  # --fail-fast: a path that could not even be planned stops the batch
     try:
         summary = batch.run(jobs, first_client=conn.client if jobs else None)
     finally:

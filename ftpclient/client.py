@@ -17,14 +17,17 @@ download resumes from that partial file the next time.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ftpproto import (
     PROTOCOL_VERSION,
@@ -331,9 +334,11 @@ class Client:
         """Upload `local` to `remote`, verified. Sends only what the server lacks:
         nothing if it holds this exact file, the rest if an earlier upload broke off."""
         started = time.monotonic()
-        with open(local, "rb") as file:
+        with open_regular(local) as file:
             size = os.fstat(file.fileno()).st_size
             md5 = md5_of(file).hexdigest()
+            # offset == size tells "already there" for a non-empty file only; ask about an empty one.
+            was_there = size == 0 and self._holds_empty_file(remote)
             ack = self._request("put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents)
             offset = ack.get("offset")
             if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
@@ -360,7 +365,27 @@ class Client:
         result = self._response()
         if result.get("md5") != md5 or result.get("size") != size:
             raise ChecksumMismatchError(f"{remote}: the server stored a different file than was sent")
-        return Transfer(remote, str(local), size, md5, size - offset, time.monotonic() - started)
+        skipped = offset == size and (size > 0 or was_there)
+        return Transfer(remote, str(local), size, md5, size - offset, time.monotonic() - started, skipped)
+
+    def _holds_empty_file(self, remote: str) -> bool:
+        try:
+            entry = self.stat(remote)
+        except ProtocolError as exc:
+            if exc.closes:
+                raise
+            return False
+        return entry.type == "file" and entry.size == 0
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """Open a local file to upload. Non-blocking, so a FIFO cannot hang the client;
+    anything but a regular file is refused."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return os.fdopen(fd, "rb")
 
 
 def _partial_name(local: Path, md5: str) -> str:

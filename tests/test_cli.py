@@ -81,6 +81,14 @@ def test_several_files_and_directories(port, work, tmp_path):
     assert sorted(os.listdir(out)) == ["a.txt", "中文.txt"]
 
 
+def test_put_into_a_missing_directory_needs_parents(port, work, tmp_path):
+    (work / "f").write_text("x")
+    result = run_cli("put", "f", "-d", "/not/there", port=port, cwd=work)
+    assert result.returncode == 1 and "not_found" in result.stderr
+    assert run_cli("put", "f", "-d", "/not/there", "-p", port=port, cwd=work).returncode == 0
+    assert (tmp_path / "storage" / "not" / "there" / "f").read_text() == "x"
+
+
 def test_one_failure_does_not_stop_the_rest_and_exits_1(port, work, tmp_path):
     (work / "good.txt").write_text("good")
     result = run_cli("put", "missing.txt", "good.txt", port=port, cwd=work)

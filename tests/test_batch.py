@@ -1,0 +1,337 @@
+"""Batch transfers and scripting, through the real CLI in subprocesses: trees,
+repeat runs, failures that do not stop the rest, retries that resume after the
+test cuts the connection, JSON output, filters, dry runs, rate limits, lists."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import select
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpclient import Client
+from ftpclient.batch import Batch, Filters, plan_put
+
+from .conftest import run_cli, write_config
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def port(tmp_path, server_process):
+    config = write_config(tmp_path, limits={"max_connections_per_address": 50})
+    return server_process(config).port
+
+
+@pytest.fixture
+def storage(tmp_path) -> Path:
+    return tmp_path / "storage"
+
+
+def json_lines(result) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def make_tree(root: Path, dirs: int = 10, per_dir: int = 50) -> dict[str, bytes]:
+    files = {}
+    for d in range(dirs):
+        for f in range(per_dir):
+            relative = f"d{d:02}/sub/f{f:03}.bin" if f % 5 == 0 else f"d{d:02}/f{f:03}.txt"
+            data = os.urandom((d * 97 + f * 31) % 3000)
+            (root / relative).parent.mkdir(parents=True, exist_ok=True)
+            (root / relative).write_bytes(data)
+            files[relative] = data
+    (root / "empty-dir").mkdir()
+    return files
+
+
+def test_a_500_file_tree_round_trips_and_a_second_run_moves_nothing(port, tmp_path, storage):
+    source = tmp_path / "tree"
+    source.mkdir()
+    files = make_tree(source)
+    assert len(files) == 500
+    put = run_cli("put", "-r", "tree", "-d", "/backup", "--json", port=port, cwd=tmp_path)
+    assert put.returncode == 0, put.stderr
+    summary = json_lines(put)[-1]
+    assert (summary["op"], summary["sent"], summary["failed"]) == ("summary", 500, 0)
+    for relative, data in files.items():
+        assert (storage / "backup" / "tree" / relative).read_bytes() == data
+    assert (storage / "backup" / "tree" / "empty-dir").is_dir()
+
+    down = tmp_path / "down"
+    down.mkdir()
+    get = run_cli("get", "-r", "/backup/tree", "-o", "down", "--json", "-j", "3", port=port, cwd=tmp_path)
+    assert get.returncode == 0, get.stderr
+    for relative, data in files.items():
+        assert (down / "tree" / relative).read_bytes() == data
+    assert (down / "tree" / "empty-dir").is_dir()
+    assert not list(down.rglob(".sockftp-get-*"))
+
+    again = json_lines(run_cli("put", "-r", "tree", "-d", "/backup", "--json", port=port, cwd=tmp_path))[-1]
+    assert (again["sent"], again["skipped"], again["bytes"]) == (0, 500, 0)
+    back = json_lines(run_cli("get", "-r", "/backup/tree", "-o", "down", "--json", port=port, cwd=tmp_path))[
+        -1
+    ]
+    assert (back["sent"], back["skipped"], back["bytes"]) == (0, 500, 0)
+
+
+def unreadable(path: Path) -> None:
+    """A local file the client cannot read: no permission, or (as root, whom
+    permissions do not stop) a FIFO, which is not a regular file."""
+    if os.geteuid() == 0:
+        os.mkfifo(path)
+    else:
+        path.write_bytes(b"secret")
+        path.chmod(0)
+
+
+def test_one_unreadable_file_fails_and_the_rest_are_sent(port, tmp_path, storage):
+    batch = tmp_path / "batch"
+    batch.mkdir()
+    for name in ("a", "b", "c"):
+        (batch / name).write_bytes(name.encode() * 100)
+    unreadable(batch / "bad")
+    result = run_cli("put", "-r", "batch", "--json", "-j", "2", port=port, cwd=tmp_path)
+    assert result.returncode == 1
+    records = json_lines(result)
+    failed = [r for r in records if r.get("result") == "failed"]
+    assert len(failed) == 1 and failed[0]["local"].endswith("bad")
+    assert "ftpclient: put " in result.stderr and "Traceback" not in result.stderr
+    assert records[-1]["sent"] == 3 and records[-1]["failed"] == 1
+    assert sorted(os.listdir(storage / "batch")) == ["a", "b", "c"]
+
+
+def test_fail_fast_stops_at_the_first_failure(port, tmp_path, storage):
+    (tmp_path / "good").write_text("good")
+    result = run_cli("put", "missing", "good", "--fail-fast", port=port, cwd=tmp_path)
+    assert result.returncode == 1
+    assert not (storage / "good").exists()
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1 connections to the server; the first one is cut after
+    `cut_after` bytes have gone the way `direction` names ("up" to the server,
+    "down" to the client). Later connections pass untouched."""
+
+    def __init__(self, server_port: int, cut_after: int, direction: str) -> None:
+        self.server_port, self.cut_after, self.direction = server_port, cut_after, direction
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set() and self.connections < 20:
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.server_port), timeout=10)
+            limit = self.cut_after if self.connections == 1 else None
+            pair = (client, upstream)
+            threading.Thread(
+                target=self._pump,
+                args=(client, upstream, pair, limit if self.direction == "up" else None),
+                daemon=True,
+            ).start()
+            threading.Thread(
+                target=self._pump,
+                args=(upstream, client, pair, limit if self.direction == "down" else None),
+                daemon=True,
+            ).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket, pair: tuple, limit: int | None) -> None:
+        moved = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and moved + len(data) > limit:
+                    sink.sendall(data[: limit - moved])
+                    break
+                sink.sendall(data)
+                moved += len(data)
+        except OSError:
+            pass
+        for sock in pair:  # cut (or pass on the close of) both sides
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy(port):
+    proxies = []
+
+    def make(cut_after: int, direction: str) -> CuttingProxy:
+        proxies.append(CuttingProxy(port, cut_after, direction))
+        return proxies[-1]
+
+    yield make
+    for p in proxies:
+        p.close()
+
+
+def test_a_put_cut_mid_file_is_retried_and_resumes(proxy, tmp_path, storage):
+    data = os.urandom(3_000_000)
+    (tmp_path / "big.bin").write_bytes(data)
+    cut = proxy(1_000_000, "up")
+    result = run_cli("put", "big.bin", "--retries", "3", "--json", port=cut.port, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (record,) = json_lines(result)
+    assert record["attempts"] == 2 and 0 < record["sent"] < len(data)
+    assert (storage / "big.bin").read_bytes() == data
+    assert cut.connections == 2
+
+
+def test_a_get_cut_mid_file_is_retried_and_resumes(proxy, tmp_path, storage):
+    data = os.urandom(3_000_000)
+    (storage / "big.bin").write_bytes(data)
+    cut = proxy(1_000_000, "down")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("get", "big.bin", "--retries", "3", "--json", port=cut.port, cwd=out)
+    assert result.returncode == 0, result.stderr
+    (record,) = json_lines(result)
+    assert record["attempts"] == 2 and 0 < record["sent"] < len(data)
+    assert (out / "big.bin").read_bytes() == data
+
+
+def test_without_retries_a_cut_is_a_failure(proxy, tmp_path):
+    (tmp_path / "big.bin").write_bytes(os.urandom(3_000_000))
+    cut = proxy(1_000_000, "up")
+    result = run_cli("put", "big.bin", port=cut.port, cwd=tmp_path)
+    assert result.returncode == 1 and "ftpclient: put big.bin:" in result.stderr
+
+
+def test_include_exclude_and_dry_run(port, tmp_path, storage):
+    src = tmp_path / "src"
+    (src / "keep").mkdir(parents=True)
+    for name in ("a.txt", "b.log", "keep/c.txt", "keep/d.tmp"):
+        (src / name).write_text(name)
+    dry = run_cli("put", "-r", "src", "--include", "*.txt", "--dry-run", "--json", port=port, cwd=tmp_path)
+    assert dry.returncode == 0
+    planned = sorted(r["remote"] for r in json_lines(dry) if r.get("op") == "put")
+    assert planned == ["/src/a.txt", "/src/keep/c.txt"]
+    assert not (storage / "src").exists()  # a dry run moves nothing
+    real = run_cli("put", "-r", "src", "--exclude", "*.tmp", "--exclude", "b.*", port=port, cwd=tmp_path)
+    assert real.returncode == 0
+    assert sorted(str(p.relative_to(storage)) for p in (storage / "src").rglob("*") if p.is_file()) == [
+        "src/a.txt",
+        "src/keep/c.txt",
+    ]
+    again = run_cli("put", "-r", "src", "--exclude", "*.tmp", "--dry-run", port=port, cwd=tmp_path)
+    assert "would skip (identical)" in again.stdout and "would send" in again.stdout  # b.log is new
+
+
+def test_no_clobber_never_replaces_a_different_file(port, tmp_path, storage):
+    (storage / "f.txt").write_text("theirs")
+    (tmp_path / "f.txt").write_text("mine")
+    result = run_cli("put", "f.txt", "--no-clobber", "--json", port=port, cwd=tmp_path)
+    assert result.returncode == 0 and json_lines(result)[0]["result"] == "skipped"
+    assert (storage / "f.txt").read_text() == "theirs"
+    result = run_cli("get", "f.txt", "--no-clobber", port=port, cwd=tmp_path)
+    assert result.returncode == 0 and (tmp_path / "f.txt").read_text() == "mine"
+
+
+def test_from_file_and_stdin_lists_and_remote_globs(port, tmp_path, storage):
+    for name in ("one.txt", "two.txt", "three.dat"):
+        (tmp_path / name).write_text(name)
+    (tmp_path / "list").write_text("one.txt\n\ntwo.txt\n")
+    assert run_cli("put", "--from-file", "list", port=port, cwd=tmp_path).returncode == 0
+    assert run_cli("put", "--from-file", "-", port=port, cwd=tmp_path, input="three.dat\n").returncode == 0
+    assert sorted(os.listdir(storage)) == [".sockftp", "one.txt", "three.dat", "two.txt"]
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("get", "/*.txt", "-o", "out", port=port, cwd=tmp_path)
+    assert result.returncode == 0 and sorted(os.listdir(out)) == ["one.txt", "two.txt"]
+    nothing = run_cli("get", "/*.pdf", port=port, cwd=tmp_path)
+    assert nothing.returncode == 1 and "no remote file matches" in nothing.stderr
+
+
+def test_limit_rate_paces_the_whole_batch(port, tmp_path):
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(400_000))
+    started = time.monotonic()
+    result = run_cli("put", "f0", "f1", "f2", "--limit-rate", "600k", "-j", "3", port=port, cwd=tmp_path)
+    assert result.returncode == 0
+    assert time.monotonic() - started >= 1.5  # 1.2 MB at 600 kB/s, less one unpaced chunk per worker
+
+
+def test_usage_errors_of_batch_flags(port, tmp_path):
+    assert run_cli("put", port=port).returncode == 2
+    assert run_cli("put", "x", "--limit-rate", "fast", port=port).returncode == 2
+    assert run_cli("get", "-j", "0", "x", port=port).returncode == 2
+    result = run_cli("get", "/", port=port, cwd=tmp_path)
+    assert result.returncode == 2 and "use -r" in result.stderr
+
+
+def test_progress_bar_on_a_terminal_and_none_without(port, tmp_path):
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(300_000))
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal has a size
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ftpclient", "--port", str(port), "put", "f0", "f1", "f2"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+        elif process.poll() is not None:
+            break
+    process.wait(30)
+    os.close(master)
+    assert process.returncode == 0
+    assert b"/3 files" in seen  # the overall bar
+    quiet = run_cli("put", "f0", "f1", "f2", port=port, cwd=tmp_path)
+    assert quiet.stderr == ""  # not a terminal: no bars
+
+
+def test_batch_api_with_a_progress_callback(port, tmp_path):
+    for i in range(5):
+        (tmp_path / "src" / f"f{i}").parent.mkdir(exist_ok=True)
+        (tmp_path / "src" / f"f{i}").write_bytes(os.urandom(100_000))
+    jobs, failed = plan_put([str(tmp_path / "src")], "/api", recursive=True, filters=Filters())
+    seen: dict[str, int] = {}
+    batch = Batch(
+        lambda: Client("127.0.0.1", port, timeout=10),
+        workers=2,
+        on_progress=lambda job, done, total: seen.__setitem__(job.remote, done),
+    )
+    summary = batch.run(jobs)
+    assert failed == [] and summary.sent == 5 and summary.failed == 0 and summary.bytes == 500_000
+    assert seen == {f"/api/src/f{i}": 100_000 for i in range(5)}
