@@ -122,6 +122,7 @@ def _rate(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftpclient",
+        allow_abbrev=False,  # else `--password x` would quietly mean `--password-file x`
         description="Move files to and from a sockftp server, verified by MD5.",
         epilog="Settings come from flags, then SOCKFTP_* variables, then the profile. "
         "The password comes from SOCKFTP_PASSWORD, --password-file, the profile, or a prompt.",
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+        sub = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
         _add_common(sub, top=False)
         return sub
 

@@ -19,7 +19,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ftpproto import ProtocolError
+from ftpproto import ProtocolError, join_path, split_path
 
 from .client import Client
 from .progress import progress_bar
@@ -69,8 +69,11 @@ class Shell(cmd.Cmd):
         return not self.failed
 
     def path(self, name: str) -> str:
-        """A remote path from what the user typed, relative to the current directory."""
-        return posixpath.normpath(posixpath.join(self.cwd, name)) if name else self.cwd
+        """A remote path from what the user typed, relative to the current directory.
+
+        Resolved by the protocol's own rules: climbing above the home is
+        `forbidden`, never quietly clamped to `/`."""
+        return join_path(split_path(posixpath.join(self.cwd, name)))
 
     def say(self, text: str) -> None:
         self.stdout.write(text + "\n")

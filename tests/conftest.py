@@ -212,8 +212,11 @@ def run_cli(
 ):
     """Run the client CLI (`python -m ftpclient`) in a subprocess against 127.0.0.1:port."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
-    full_env.update({"SOCKFTP_HOST": "127.0.0.1", "SOCKFTP_PORT": str(port)})
+    full_env.update(
+        {"SOCKFTP_HOST": "127.0.0.1", "SOCKFTP_PORT": str(port), "XDG_CONFIG_HOME": "/nonexistent"}
+    )
     full_env.update(env or {})
+    full_env = {k: v for k, v in full_env.items() if v != ""}  # env={"X": ""} removes X
     return subprocess.run(
         [sys.executable, "-m", "ftpclient", *args],
         capture_output=True,
