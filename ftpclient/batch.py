@@ -98,15 +98,20 @@ class Summary:
 @dataclass(frozen=True)
 class Filters:
     """`--include`/`--exclude` globs, matched against a file's path within the tree and
-    against its name. Kept: matches an include (if any are given) and no exclude."""
+    against each name along it, so `.git` excludes a whole directory and `*.pdf` any
+    PDF. A file is kept if it matches an include (when any are given) and no exclude."""
 
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
     def keep(self, relative: str) -> bool:
+        names = relative.split("/")
+
         def matches(patterns: tuple[str, ...]) -> bool:
-            name = posixpath.basename(relative)
-            return any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+            return any(
+                fnmatch.fnmatchcase(relative, p) or any(fnmatch.fnmatchcase(n, p) for n in names)
+                for p in patterns
+            )
 
         return (not self.include or matches(self.include)) and not matches(self.exclude)
 

@@ -321,6 +321,21 @@ def test_progress_bar_on_a_terminal_and_none_without(port, tmp_path):
     assert quiet.stderr == ""  # not a terminal: no bars
 
 
+@pytest.mark.parametrize(
+    "include, exclude, kept",
+    [
+        ((), (), ["a.txt", "b.log", "keep/c.txt", ".git/config", "keep/.git/HEAD"]),
+        (("*.txt",), (), ["a.txt", "keep/c.txt"]),
+        ((), (".git",), ["a.txt", "b.log", "keep/c.txt"]),
+        (("keep",), ("*.txt",), ["keep/.git/HEAD"]),
+        (("keep/*.txt",), (), ["keep/c.txt"]),
+    ],
+)
+def test_filters(include, exclude, kept):
+    paths = ["a.txt", "b.log", "keep/c.txt", ".git/config", "keep/.git/HEAD"]
+    assert [p for p in paths if Filters(include, exclude).keep(p)] == kept
+
+
 def test_batch_api_with_a_progress_callback(port, tmp_path):
     for i in range(5):
         (tmp_path / "src" / f"f{i}").parent.mkdir(exist_ok=True)
