@@ -334,9 +334,15 @@ def run_batch(
     args: argparse.Namespace, conn: Connection, out: Output, jobs: list[Job], failed: list[Outcome]
 ) -> bool:
     """Run planned jobs, report each outcome and (for more than one file) a summary."""
+
+    def report_failure(outcome: Outcome) -> None:
+        job = outcome.job
+        out.error(
+            f"{job.op} {job.remote if job.op == 'get' else job.local}", outcome.error, outcome_record(outcome)
+        )
+
     for outcome in failed:
-        out.error(f"{outcome.job.op} {outcome.job.remote if outcome.job.op == 'get' else outcome.job.local}",
-                  outcome.error, outcome_record(outcome))  # fmt: skip
+        report_failure(outcome)
     single = len(jobs) == 1 and not failed and jobs[0].op in ("get", "put")
     files = [job for job in jobs if job.op in ("get", "put")]
     bars = not out.quiet and not out.json
@@ -351,8 +357,7 @@ def run_batch(
     def report(outcome: Outcome) -> None:
         overall.finished(outcome.job, outcome.job.size)
         if outcome.result == "failed":
-            what = outcome.job.remote if outcome.job.op == "get" else str(outcome.job.local)
-            out.error(f"{outcome.job.op} {what}", outcome.error, outcome_record(outcome))
+            report_failure(outcome)
         elif not outcome.job.op.startswith("mkdir") or out.json or args.dry_run:
             out.result(outcome_line(outcome), outcome_record(outcome))
 

@@ -16,6 +16,21 @@ from tqdm import tqdm
 __all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar"]
 
 
+def _bytes_bar(total: int, label: str, initial: int = 0) -> tqdm:
+    """A bar counting bytes (size, rate, ETA) on stderr, cleared when closed."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=label,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
 class TransferBar:
     """A bytes bar (size, rate, ETA) drawn once the transfer knows its total."""
 
@@ -25,17 +40,7 @@ class TransferBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            self._bar = tqdm(
-                total=total,
-                initial=done,
-                desc=self.label,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                file=sys.stderr,
-                leave=False,
-                dynamic_ncols=True,
-            )
+            self._bar = _bytes_bar(total, self.label, initial=done)
         else:
             self._bar.update(done - self._bar.n)
 
@@ -65,16 +70,7 @@ class BatchBar:
         self.files, self.done_files = files, 0
         self._lock = threading.Lock()
         self._seen: dict[object, int] = {}
-        self._bar = tqdm(
-            total=total_bytes,
-            desc=self._description(),
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            file=sys.stderr,
-            leave=False,
-            dynamic_ncols=True,
-        )
+        self._bar = _bytes_bar(total_bytes, self._description())
 
     def _description(self) -> str:
         return f"{self.done_files}/{self.files} files"
