@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import BinaryIO
 
 __all__ = ["HASH_CHUNK", "md5_of"]
@@ -16,12 +17,15 @@ def md5_of(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     Reads into one reused buffer, so memory stays flat whatever the size.
     """
     digest = hashlib.md5()
-    buffer = bytearray(HASH_CHUNK)
+    size = os.fstat(file.fileno()).st_size if limit is None else limit
+    if size <= 0:
+        return digest
+    buffer = bytearray(min(HASH_CHUNK, size))  # small files do not pay for a 1 MiB buffer
     view = memoryview(buffer)
     remaining = limit
     file.seek(0)
     while remaining is None or remaining > 0:
-        want = HASH_CHUNK if remaining is None else min(HASH_CHUNK, remaining)
+        want = len(buffer) if remaining is None else min(len(buffer), remaining)
         count = file.readinto(view[:want])
         if not count:
             break
