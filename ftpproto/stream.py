@@ -17,7 +17,8 @@ from .framing import FrameDecoder, encode_frame
 
 __all__ = ["BUFFER_SIZE", "FrameStream", "PeerClosedError", "ShortReadError"]
 
-BUFFER_SIZE = 256 * 1024
+BUFFER_SIZE = 256 * 1024  # data phases
+CONTROL_BUFFER_SIZE = 16 * 1024  # frames: small, so an idle or downloading session costs little
 SENDFILE_CHUNK = 8 * 1024 * 1024  # how often a long sendfile reports progress
 
 
@@ -33,8 +34,9 @@ class FrameStream:
     def __init__(self, sock: socket.socket, buffer_size: int = BUFFER_SIZE) -> None:
         self.sock = sock
         self._decoder = FrameDecoder()
-        self._buffer = bytearray(buffer_size)
-        self._view = memoryview(self._buffer)
+        self._control = bytearray(CONTROL_BUFFER_SIZE)
+        self._buffer_size = buffer_size
+        self._data: memoryview | None = None  # made on the first data phase received, then reused
 
     def send(self, message: dict) -> None:
         self.sock.sendall(encode_frame(message))
@@ -45,12 +47,12 @@ class FrameStream:
             message = self._decoder.next_message()
             if message is not None:
                 return message
-            received = self.sock.recv_into(self._buffer)
+            received = self.sock.recv_into(self._control)
             if not received:
                 if self._decoder.buffered:
                     raise ShortReadError("connection closed inside a frame")
                 raise PeerClosedError("connection closed by peer")
-            self._decoder.feed(self._view[:received])
+            self._decoder.feed(memoryview(self._control)[:received])
 
     def recv_data(
         self, count: int, consume: Callable[[memoryview], object], chunk_size: int = BUFFER_SIZE
@@ -60,17 +62,19 @@ class FrameStream:
         The chunk is a view into a reused buffer: `consume` must use it
         before returning. Raises `ShortReadError` if the stream ends early.
         """
-        chunk_size = min(chunk_size, len(self._buffer))
+        if self._data is None:
+            self._data = memoryview(bytearray(self._buffer_size))
+        chunk_size = min(chunk_size, len(self._data))
         remaining = count
         if self._decoder.buffered and remaining:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
         while remaining:
-            received = self.sock.recv_into(self._buffer, min(remaining, chunk_size))
+            received = self.sock.recv_into(self._data, min(remaining, chunk_size))
             if not received:
                 raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
-            consume(self._view[:received])
+            consume(self._data[:received])
             remaining -= received
 
     def send_file(

@@ -12,11 +12,17 @@ import base64
 import hashlib
 import hmac
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["hash_password", "verify_password"]
 
 _N, _R, _P = 2**14, 8, 1
 _DUMMY_HASH = None  # built on first use: the hash an unknown user is checked against
+# Each scrypt check takes 128 * N * r = 16 MiB. They run on a few threads of their own:
+# that bounds the memory a crowd of logins can claim (100 at once would otherwise take
+# 1.6 GB), and since malloc keeps freed blocks per thread, only those threads ever hold
+# such blocks. More checks at once than cores would not finish sooner anyway.
+_CHECKERS = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="scrypt")
 
 
 def _b64(data: bytes) -> str:
@@ -51,7 +57,7 @@ def verify_password(password: str, stored: str | None) -> bool:
         scheme, n, r, p, salt, expected = stored.split("$")
         if scheme != "scrypt":
             return False
-        actual = _scrypt(password, _unb64(salt), int(n), int(r), int(p))
+        actual = _CHECKERS.submit(_scrypt, password, _unb64(salt), int(n), int(r), int(p)).result()
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, _unb64(expected)) and known

@@ -10,13 +10,14 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from ftpclient import Client
-from ftpproto import encode_frame
+from ftpproto import FrameStream, encode_frame
 
-from .conftest import wait_until
+from .conftest import wait_until, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -141,3 +142,28 @@ def test_partial_in_use_is_not_removed(make_config, serve, raw):
     assert partial.exists()
     stream.sock.sendall(data[5_000:])
     assert stream.recv()["ok"]
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_crowd_of_logins_does_not_balloon_the_servers_memory(tmp_path, server_process):
+    config = write_config(tmp_path, limits={"max_connections_per_address": 100, "max_failed_logins": 10})
+    server = server_process(config)
+    before = peak_rss_mib(server.process.pid)
+
+    def login(i: int) -> bool:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            stream = FrameStream(sock)
+            stream.recv()
+            stream.send({"op": "login", "user": "alice", "password": f"wrong-{i}"})
+            return stream.recv().get("error") == "auth_failed"
+
+    with ThreadPoolExecutor(60) as pool:
+        assert all(pool.map(login, range(60)))
+    # Each scrypt check takes 16 MiB; 60 at once would take about 1 GB.
+    assert peak_rss_mib(server.process.pid) - before < 200
