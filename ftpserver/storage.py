@@ -21,7 +21,7 @@ import stat as stat_mod
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -123,7 +123,12 @@ class Snapshot:
 @dataclass
 class Upload:
     """One `put` in progress. `offset` bytes are already held; feed the rest to
-    `write()`, then `finish()` (verify, fsync, rename) or `abort()` (keep for resume)."""
+    `write()`, then `finish()` (verify, fsync, rename) or `abort()` (keep for resume).
+
+    `partial` is where the bytes are: a partial file, an instant-upload link, or
+    `dest` itself when the destination already holds exactly this file.
+    `release` gives back the partial file's claim and the quota reservation.
+    """
 
     path: str
     dest: Path
@@ -131,66 +136,83 @@ class Upload:
     size: int
     md5: str
     offset: int
-    _digest: hashlib._Hash = field(repr=False)
-    _file: BinaryIO | None = field(default=None, repr=False)
-    _release: object = field(default=None, repr=False)
-    _error: ProtocolError | None = field(default=None, repr=False)
-    _checksums: ChecksumCache | None = field(default=None, repr=False)
-
-    @property
-    def complete(self) -> bool:
-        """True when no byte needs to be received: `offset == size`."""
-        return self._file is None
+    overwrite: bool
+    checksums: ChecksumCache = field(repr=False)
+    release: Callable[[], None] = field(repr=False)
+    file: BinaryIO | None = field(default=None, repr=False)  # open while bytes are to come
+    digest: hashlib._Hash = field(default_factory=hashlib.md5, repr=False)
+    error: ProtocolError | None = field(default=None, repr=False)
 
     def write(self, chunk: memoryview) -> None:
         """Store one chunk. After a write error the rest of the data phase is
         only drained, so the connection stays in step; `finish()` reports it."""
-        if self._error is not None:
+        if self.error is not None:
             return
         try:
             with os_errors(self.path):
-                self._file.write(chunk)
+                self.file.write(chunk)
         except ProtocolError as exc:
-            self._error = exc
+            self.error = exc
             return
-        self._digest.update(chunk)
+        self.digest.update(chunk)
 
     def finish(self) -> None:
         """Verify and make the file visible under its name (PROTOCOL.md 5.4)."""
         try:
-            if self._file is not None:
+            if self.file is not None:
                 self._verify_received()
             if self.partial != self.dest:
-                with os_errors(self.path):
-                    os.replace(self.partial, self.dest)
-                    _fsync_dir(self.dest.parent)
-                self._checksums.record(self.dest, self.dest.stat(), self.md5)
+                self._move_into_place()
         finally:
-            self._close()
+            self._release()
 
     def _verify_received(self) -> None:
-        if self._error is not None:
+        if self.error is not None:
             self.partial.unlink(missing_ok=True)
-            raise self._error
+            raise self.error
         with os_errors(self.path):
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        if self._digest.hexdigest() != self.md5:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+        if self.digest.hexdigest() != self.md5:
             self.partial.unlink(missing_ok=True)
             raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
 
+    def _move_into_place(self) -> None:
+        with os_errors(self.path):
+            # A rename keeps inode, size and mtime: this stat is what lands under `dest`,
+            # even if another upload replaces `dest` a moment later.
+            st = self.partial.stat()
+            if self.overwrite:
+                os.replace(self.partial, self.dest)
+            else:  # link, unlike rename, fails if a file appeared there since the checks
+                os.link(self.partial, self.dest)
+                self.partial.unlink()
+            _fsync_dir(self.dest.parent)
+        self.checksums.record(self.dest, st, self.md5)
+
     def abort(self) -> None:
         """Stop without renaming: the partial file stays for a later resume."""
-        if self._file is not None:
+        if self.file is not None:
             with contextlib.suppress(OSError):
-                self._file.close()
-        self._close()
+                self.file.close()
+        self._release()
 
-    def _close(self) -> None:
-        if self._release is not None:
-            self._release()
-            self._release = None
+    def _release(self) -> None:
+        release, self.release = self.release, _nothing
+        release()
+
+
+def _nothing() -> None:
+    pass
+
+
+def _both(first: Callable[[], None], second: Callable[[], None]) -> Callable[[], None]:
+    def release() -> None:
+        first()
+        second()
+
+    return release
 
 
 def _fsync_file(path: Path) -> None:
@@ -215,6 +237,7 @@ class Storage:
         self.checksums = ChecksumCache(self.root / METADATA_DIR / "checksums.sqlite")
         self._uploads_lock = threading.Lock()
         self._upload_released = threading.Condition(self._uploads_lock)
+        self._reserved: dict[Path, int] = {}  # quota bytes held by uploads in progress, per home
         self.claim_wait = CLAIM_WAIT
         self._uploads_running: set[Path] = set()
 
@@ -257,9 +280,10 @@ class Storage:
         vpath, real = self.resolve(account, path)
         with os_errors(vpath):
             if not real.is_dir():
-                entry = self.stat(account, path)
-                entry.pop("md5")
-                return vpath, [entry]
+                st = real.stat()
+                if not stat_mod.S_ISREG(st.st_mode):
+                    raise ForbiddenError(f"{vpath}: not a regular file")
+                return vpath, [_entry(vpath.rsplit("/", 1)[-1], st)]
             names = sorted(os.listdir(real))
         entries = []
         for name in names:
@@ -327,63 +351,98 @@ class Storage:
         if self.max_file_size is not None and size > self.max_file_size:
             raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
         create_parent = self._check_parent(vpath, dest.parent, parents)
-        with os_errors(vpath):
-            existing = dest.stat() if not create_parent and dest.exists() else None
-        if existing is not None:
-            if stat_mod.S_ISDIR(existing.st_mode):
-                raise IsDirectoryError(f"{vpath}: is a directory")
-            if existing.st_size == size and self._open_regular(vpath, dest).close_md5() == md5:
-                return Upload(vpath, dest, dest, size, md5, size, hashlib.md5())
-            if not overwrite:
-                raise ExistsError(f"{vpath}: already exists")
+        existing, identical = (
+            (None, False) if create_parent else self._existing(vpath, dest, size, md5, overwrite)
+        )
+        if identical:
+            return Upload(vpath, dest, dest, size, md5, size, overwrite, self.checksums, _nothing)
         growth = size - (existing.st_size if existing else 0)
         if create_parent:
-            self._check_quota(account, vpath, growth)
+            self._reserve(account, vpath, growth)()  # a check only: nothing is written yet
             with os_errors(vpath):
                 dest.parent.mkdir(parents=True, exist_ok=True)
         copy = self._instant_copy(account, vpath, dest, size, md5, growth)
         if copy is not None:
-            return Upload(
-                vpath, dest, copy, size, md5, size, hashlib.md5(),
-                _release=lambda: copy.unlink(missing_ok=True), _checksums=self.checksums,
-            )  # fmt: skip
-        partial, release = self._claim_partial(dest, size, md5)
+            return copy
+        return self._resumable(account, vpath, dest, size, md5, overwrite, growth)
+
+    def _existing(
+        self, vpath: str, dest: Path, size: int, md5: str, overwrite: bool
+    ) -> tuple[os.stat_result | None, bool]:
+        """The destination's stat (None if absent), and whether it holds this very file."""
+        with os_errors(vpath):
+            if not dest.exists():
+                return None, False
+            existing = dest.stat()
+        if stat_mod.S_ISDIR(existing.st_mode):
+            raise IsDirectoryError(f"{vpath}: is a directory")
+        if existing.st_size == size and self._open_regular(vpath, dest).close_md5() == md5:
+            return existing, True
+        if not overwrite:
+            raise ExistsError(f"{vpath}: already exists")
+        return existing, False
+
+    def _resumable(
+        self, account: Account, vpath: str, dest: Path, size: int, md5: str, overwrite: bool, growth: int
+    ) -> Upload:
+        """An upload into the partial file named after (name, size, md5), resuming what it holds."""
+        partial, unclaim = self._claim_partial(dest, size, md5)
+        unreserve = _nothing
+        file = None
         try:
             with os_errors(vpath):
                 held = partial.stat().st_size if partial.exists() else 0
                 if held > size:
                     held = 0
-                self._check_quota(account, vpath, growth - held)
+                unreserve = self._reserve(account, vpath, growth - held)
                 file = open(partial, "r+b" if held else "wb")  # noqa: SIM115 - owned by Upload
                 file.truncate(held)
                 digest = md5_of(file, held)
                 file.seek(held)
         except BaseException:
-            release()
+            if file is not None:
+                file.close()
+            unreserve()
+            unclaim()
             raise
-        return Upload(vpath, dest, partial, size, md5, held, digest, file, release, _checksums=self.checksums)
+        return Upload(
+            vpath, dest, partial, size, md5, held, overwrite, self.checksums,
+            _both(unreserve, unclaim), file, digest,
+        )  # fmt: skip
 
     def _instant_copy(
         self, account: Account, vpath: str, dest: Path, size: int, md5: str, growth: int
-    ) -> Path | None:
+    ) -> Upload | None:
         """Instant upload: if this user's home already holds a file with this size and
-        MD5, link (or copy) it to a temp file beside `dest` and return that; the upload
-        then needs no byte from the network and `finish()` renames it into place.
+        MD5, link (or copy) it to a temp file beside `dest`; the upload then needs no
+        byte from the network and `finish()` renames it into place.
 
         A hard link is safe because stored files are only ever replaced by rename,
         never written in place. Only files inside the user's own home are candidates,
         so an upload never reveals what other users store."""
         for source in self.checksums.find(md5, size, account.home):
-            self._check_quota(account, vpath, growth)
-            temp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            unreserve = self._reserve(account, vpath, growth)
+            temp, unclaim = self._claim_temp(dest)
             try:
                 with os_errors(vpath):
                     if self._link_or_copy(source, temp, md5):
-                        return temp
+                        return Upload(
+                            vpath,
+                            dest,
+                            temp,
+                            size,
+                            md5,
+                            size,
+                            True,
+                            self.checksums,
+                            _both(unreserve, unclaim),
+                        )
             except BaseException:
-                temp.unlink(missing_ok=True)
+                unreserve()
+                unclaim()
                 raise
-            temp.unlink(missing_ok=True)  # the source changed meanwhile: try the next
+            unreserve()
+            unclaim()  # the source changed or vanished meanwhile: try the next
         return None
 
     def _link_or_copy(self, source: Path, temp: Path, md5: str) -> bool:
@@ -391,8 +450,13 @@ class Storage:
         try:
             os.link(source, temp)
             return self.checksums.lookup(source, temp.stat()) == md5
+        except FileNotFoundError:
+            return False
         except OSError:  # another filesystem, or links not allowed
-            shutil.copyfile(source, temp)
+            try:
+                shutil.copyfile(source, temp)
+            except FileNotFoundError:
+                return False
             _fsync_file(temp)
             with open(temp, "rb") as copy:
                 return md5_of(copy).hexdigest() == md5
@@ -408,7 +472,7 @@ class Storage:
             raise NotFoundError(f"{vpath}: parent directory does not exist")
         return True
 
-    def _claim_partial(self, dest: Path, size: int, md5: str) -> tuple[Path, object]:
+    def _claim_partial(self, dest: Path, size: int, md5: str) -> tuple[Path, Callable[[], None]]:
         """Return the resumable partial file for this upload and a function releasing it.
 
         Two sessions uploading the same file at once must not share a partial
@@ -419,29 +483,47 @@ class Storage:
         key = hashlib.sha256(f"{dest.name}\0{size}\0{md5}".encode()).hexdigest()[:32]
         partial = dest.parent / f"{PARTIAL_PREFIX}{key}"
         with self._uploads_lock:
-            if not self._upload_released.wait_for(
-                lambda: partial not in self._uploads_running, self.claim_wait
-            ):
-                partial = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-            self._uploads_running.add(partial)
+            if self._upload_released.wait_for(lambda: partial not in self._uploads_running, self.claim_wait):
+                self._uploads_running.add(partial)
+                return partial, self._unclaimer(partial)
+        return self._claim_temp(dest)
 
+    def _claim_temp(self, dest: Path) -> tuple[Path, Callable[[], None]]:
+        """A private temp file beside `dest`, safe from the cleaner and `rm` while claimed."""
+        temp = dest.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        with self._uploads_lock:
+            self._uploads_running.add(temp)
+        return temp, self._unclaimer(temp)
+
+    def _unclaimer(self, path: Path) -> Callable[[], None]:
         def release() -> None:
             with self._uploads_lock:
-                self._uploads_running.discard(partial)
+                self._uploads_running.discard(path)
                 self._upload_released.notify_all()
-            if partial.name.startswith(TEMP_PREFIX):
-                partial.unlink(missing_ok=True)
+            if path.name.startswith(TEMP_PREFIX):
+                path.unlink(missing_ok=True)  # private: never resumed
 
-        return partial, release
+        return release
 
-    def _check_quota(self, account: Account, vpath: str, growth: int) -> None:
+    def _reserve(self, account: Account, vpath: str, growth: int) -> Callable[[], None]:
+        """Check `growth` more bytes against the quota and hold them until the returned
+        function is called, so uploads running at once cannot pass the quota together."""
         if account.quota is None or growth <= 0:
-            return
+            return _nothing
         used = self.usage(account.home)
-        if used + growth > account.quota:
-            raise QuotaExceededError(
-                f"{vpath}: needs {growth} more bytes; {used} of {account.quota} bytes are in use"
-            )
+        with self._uploads_lock:
+            reserved = self._reserved.get(account.home, 0)
+            if used + reserved + growth > account.quota:
+                raise QuotaExceededError(
+                    f"{vpath}: needs {growth} more bytes; {used + reserved} of {account.quota} bytes are in use"
+                )
+            self._reserved[account.home] = reserved + growth
+
+        def unreserve() -> None:
+            with self._uploads_lock:
+                self._reserved[account.home] -= growth
+
+        return unreserve
 
     def remove_stale_partials(self, max_age: float) -> int:
         """Delete partial uploads untouched for `max_age` seconds and not in use; return how many."""

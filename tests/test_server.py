@@ -702,3 +702,52 @@ def test_an_instant_upload_answers_size_then_its_result_and_leaves_no_temp_file(
     assert result == {"ok": True, "size": len(data), "md5": md5(data)}
     assert (server.root / "b").read_bytes() == data and (server.root / "a").read_bytes() == data
     assert names_in(server.root) == ["a", "b"]
+
+
+def test_two_no_overwrite_puts_of_one_new_name_cannot_both_win(raw, server):
+    first, second = raw(), raw()
+    assert first.request("put", path="f", size=5, md5=md5(b"first"), overwrite=False)["ok"]
+    assert second.request("put", path="f", size=6, md5=md5(b"second"), overwrite=False)["ok"]
+    first.sock.sendall(b"first")
+    assert first.recv()["ok"]
+    second.sock.sendall(b"second")
+    assert_error(second.recv(), "exists")  # checked again at the rename, atomically
+    assert (server.root / "f").read_bytes() == b"first"
+
+
+def test_uploads_running_at_once_cannot_pass_the_quota_together(raw, server):
+    streams = [raw(user="carol") for _ in range(3)]
+    acks = [s.request("put", path=f"f{i}", size=900, md5=md5(b"q" * 900)) for i, s in enumerate(streams)]
+    assert [a["ok"] for a in acks] == [True, False, False]
+    assert all(a["error"] == "quota_exceeded" for a in acks[1:])
+    streams[0].sock.sendall(b"q" * 900)
+    assert streams[0].recv()["ok"]
+
+
+def test_the_checksum_recorded_is_of_the_file_renamed_not_of_what_replaced_it(raw, server, monkeypatch):
+    import ftpserver.storage as storage_module
+
+    real_fsync_dir = storage_module._fsync_dir
+    intruder = server.root / "intruder"
+    intruder.write_bytes(b"another upload's bytes")
+
+    def another_upload_lands_first(path):  # a second rename onto the name, just after ours
+        if intruder.exists():
+            os.replace(intruder, server.root / "f")
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(storage_module, "_fsync_dir", another_upload_lands_first)
+    stream = raw()
+    put(stream, "f", b"our bytes")
+    assert stream.request("stat", path="f")["md5"] == md5(b"another upload's bytes")
+
+
+def test_ls_of_one_file_does_not_hash_it(raw, server):
+    (server.root / "f").write_bytes(b"abc")
+    stream = raw()
+    assert stream.request("ls", path="f")["entries"][0]["size"] == 3
+    before = os.stat(server.root / "f")
+    with open(server.root / "f", "r+b") as file:
+        file.write(b"xyz")
+    os.utime(server.root / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert stream.request("stat", path="f")["md5"] == md5(b"xyz")  # nothing remembered by ls
