@@ -29,8 +29,9 @@ from pathlib import Path
 
 from ftpproto import ExistsError, ProtocolError
 from ftpproto.pacing import RateLimiter
+from ftpproto.paths import MAX_PATH_BYTES
 
-from .client import Client, Transfer, md5_file
+from .client import PARTIAL_PREFIX, Client, ProtocolMismatchError, Transfer, md5_file
 
 __all__ = ["Batch", "Filters", "Job", "Outcome", "Summary", "plan_get", "plan_put"]
 
@@ -124,6 +125,20 @@ def _failed(op: str, local: Path, remote: str, error: BaseException) -> Outcome:
     return Outcome(Job(op, local, remote), "failed", error=error)
 
 
+def unique_destinations(jobs: list[Job], failed: list[Outcome]) -> list[Job]:
+    """Drop exact repeats; a second job for a destination already taken fails, since
+    two transfers into one name at once would race for it."""
+    kept: dict[object, Job] = {}
+    for job in jobs:
+        key = job.local.resolve() if job.op in ("get", "mkdir-local") else job.remote
+        if key not in kept:
+            kept[key] = job
+        elif kept[key] != job:
+            other = kept[key].remote if job.op == "get" else kept[key].local
+            failed.append(Outcome(job, "failed", error=FileExistsError(17, f"same destination as {other}")))
+    return list(kept.values())
+
+
 # -- planning ------------------------------------------------------------------
 
 
@@ -155,7 +170,7 @@ def plan_put(
                 )
             elif filters.keep(path.name):
                 jobs.append(Job("put", path, remote_join(remote_dir, path.name), path.stat().st_size))
-    return jobs, failed
+    return unique_destinations(jobs, failed), failed
 
 
 def _plan_local_tree(root: Path, remote_root: str, filters: Filters) -> list[Job]:
@@ -169,6 +184,8 @@ def _plan_local_tree(root: Path, remote_root: str, filters: Filters) -> list[Job
             jobs.append(Job("mkdir", Path(directory), remote_dir))
         for name in sorted(files):
             path = Path(directory, name)
+            if name.startswith(PARTIAL_PREFIX):
+                continue  # an interrupted download of ours: not the user's file
             if filters.keep(posixpath.join(*parts, name)):
                 jobs.append(Job("put", path, remote_join(remote_dir, name), _size(path)))
     return jobs
@@ -184,13 +201,14 @@ def _size(path: Path) -> int | None:
 def plan_get(
     client: Client,
     remotes: Iterable[str],
-    output: Path | None,
+    output: str | os.PathLike | None,
     recursive: bool,
     filters: Filters = Filters(),
 ) -> tuple[list[Job], list[Outcome]]:
     """Jobs for downloading `remotes` (files, trees with `recursive`, globs in the last
     name). `output` names the local file for one remote file, else the directory."""
     remotes = list(remotes)
+    output = Path(output) if output is not None else None
     base = output or Path()
     jobs: list[Job] = []
     failed: list[Outcome] = []
@@ -212,7 +230,7 @@ def plan_get(
                     raise IsADirectoryError(21, "is a directory (use -r)")
         except (ProtocolError, OSError) as exc:
             failed.append(_failed("get", base, remote, exc))
-    return jobs, failed
+    return unique_destinations(jobs, failed), failed
 
 
 def _expand_remote(client: Client, remote: str) -> list[tuple[str, str, int]]:
@@ -234,6 +252,8 @@ def _plan_remote_tree(client: Client, remote_root: str, local_root: Path, filter
     pending = [(remote_root, local_root, "")]
     while pending:
         remote_dir, local_dir, relative = pending.pop()
+        if len(remote_dir.encode()) > MAX_PATH_BYTES:
+            raise ProtocolMismatchError(f"{remote_dir[:80]}...: remote tree deeper than any valid path")
         entries = client.ls(remote_dir)
         if not entries:
             jobs.append(Job("mkdir-local", local_dir, remote_dir))
@@ -289,21 +309,28 @@ class Batch:
         for job in jobs:
             todo.put(job)
         count = max(1, min(self.workers, len(jobs)))
+        connections = [
+            _Connection(self.connect, pace, first_client if i == 0 else None) for i in range(count)
+        ]
         threads = [
-            threading.Thread(target=self._work, args=(todo, summary, pace, first_client if i == 0 else None))
-            for i in range(count)
+            threading.Thread(target=self._work, args=(todo, summary, connection), daemon=True)
+            for connection in connections
         ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)  # in slices, so Ctrl-C is seen at once
+        except KeyboardInterrupt:
+            self._stop.set()
+            for connection in connections:
+                connection.drop()  # unblocks a worker in the middle of a transfer
+            raise
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _work(
-        self, todo: queue.SimpleQueue, summary: Summary, pace: RateLimiter | None, client: Client | None
-    ) -> None:
-        connection = _Connection(self.connect, pace, client)
+    def _work(self, todo: queue.SimpleQueue, summary: Summary, connection: _Connection) -> None:
         try:
             while not self._stop.is_set():
                 try:
@@ -362,7 +389,8 @@ class Batch:
             job.local.parent.mkdir(parents=True, exist_ok=True)
             transfer = client.get(job.remote, job.local, progress=progress)
         if transfer.skipped:
-            return Outcome(job, "skipped", transfer, note="identical", attempts=attempt)
+            note = "identical" if job.op == "get" else "already on the server"
+            return Outcome(job, "skipped", transfer, note=note, attempts=attempt)
         return Outcome(job, "ok", transfer, attempts=attempt)
 
     def _preview(self, client: Client, job: Job) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import glob
 import json
 import os
 import sys
@@ -20,9 +21,9 @@ from pathlib import Path, PurePosixPath
 from ftpproto import ProtocolError
 from ftpproto.units import parse_size
 
-from .batch import Batch, Filters, Job, Outcome, Summary, plan_get, plan_put
+from .batch import Batch, Filters, Job, Outcome, Summary, is_retryable, plan_get, plan_put
 from .client import Client, Entry, HandshakeError
-from .progress import batch_bar, progress_bar
+from .progress import batch_bar, progress_bar, write_line
 from .settings import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError, resolve_settings
 
 __all__ = ["ExitStatus", "main"]
@@ -64,7 +65,7 @@ def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
         default=default,
         help="client config file (default ~/.config/sockftp/client.yaml)",
     )
-    add("--timeout", type=float, default=default, help="socket timeout in seconds (default 30)")
+    add("--timeout", type=_seconds, default=default, help="socket timeout in seconds (default 30)")
     add("-q", "--quiet", action="store_true", default=flag, help="no progress bars, no result lines")
     add("--json", action="store_true", default=flag, help="results as one JSON object per line")
     add("--debug", action="store_true", default=flag, help="show tracebacks")
@@ -100,6 +101,16 @@ def _positive(text: str) -> int:
     value = _count(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
     return value
 
 
@@ -189,25 +200,36 @@ def connector(settings: Settings) -> Callable[[], Client]:
 
 
 class Connection:
-    """Opens the client on first use, and again after the link broke."""
+    """Opens the client on first use, and again after the link broke; with
+    `retries`, a refused or dropped first connection is tried again too."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, retries: int = 0) -> None:
         self.settings = settings
+        self.retries = retries
         self.connect = connector(settings)
         self._client: Client | None = None
 
     @property
     def client(self) -> Client:
         if self._client is None or self._client.closed:
-            s = self.settings
+            self._client = self._first_connection()
+        return self._client
+
+    def _first_connection(self) -> Client:
+        s = self.settings
+        for attempt in range(self.retries + 1):
             try:
-                self._client = self.connect()
+                return self.connect()
             except HandshakeError as exc:
                 raise ConnectFailedError(str(exc)) from exc
-            except OSError as exc:
-                reason = exc.strerror or str(exc) or exc.__class__.__name__
-                raise ConnectFailedError(f"cannot connect to {s.host}:{s.port}: {reason}") from exc
-        return self._client
+            except (ProtocolError, OSError) as exc:
+                if attempt == self.retries or not is_retryable(exc):
+                    if isinstance(exc, ProtocolError):
+                        raise
+                    reason = exc.strerror or str(exc) or exc.__class__.__name__
+                    raise ConnectFailedError(f"cannot connect to {s.host}:{s.port}: {reason}") from exc
+                time.sleep(min(0.5 * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         if self._client is not None:
@@ -225,7 +247,7 @@ class Output:
         if self.json:
             print(json.dumps(record, ensure_ascii=False), flush=True)
         elif not self.quiet and text:
-            print(text, flush=True)
+            write_line(text)  # clears any progress bar first, so the two do not mix
 
     def listing(self, text: str, record: dict) -> None:
         """A line that is the answer itself (ls, stat): printed even with -q."""
@@ -327,11 +349,18 @@ def read_list(name: str | None) -> list[str]:
         text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--from-file {name}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--from-file {name}: not UTF-8 text") from None
     return [line.rstrip("\r\n") for line in text.splitlines() if line.strip()]
 
 
 def run_batch(
-    args: argparse.Namespace, conn: Connection, out: Output, jobs: list[Job], failed: list[Outcome]
+    args: argparse.Namespace,
+    conn: Connection,
+    out: Output,
+    jobs: list[Job],
+    failed: list[Outcome],
+    batch_call: bool,
 ) -> bool:
     """Run planned jobs, report each outcome and (for more than one file) a summary."""
 
@@ -382,9 +411,22 @@ def run_batch(
         if file_bar is not None:
             file_bar.close()
     summary.failed += len(failed)
-    if len(jobs) + len(failed) > 1 or args.dry_run:
-        out.result(summary_line(summary, args.dry_run), summary.record())
+    if batch_call:
+        record = summary.record() | ({"dry_run": True} if args.dry_run else {})
+        out.result(summary_line(summary, args.dry_run), record)
     return summary.failed == 0
+
+
+def is_batch(args: argparse.Namespace, paths: list[str]) -> bool:
+    """Whether the call may name more than one file: then it ends with a summary line.
+    A plain `get f` or `put f` does not; trees, lists, globs and dry runs do."""
+    return (
+        len(paths) > 1
+        or args.recursive
+        or bool(args.from_file)
+        or args.dry_run
+        or any(map(glob.has_magic, paths))
+    )
 
 
 def cmd_get(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
@@ -399,7 +441,7 @@ def cmd_get(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
             raise UsageError(f"get {remote}: not a file name; name a file, or use -r for a directory")
     filters = Filters(tuple(args.include), tuple(args.exclude))
     jobs, failed = plan_get(conn.client, remotes, target, args.recursive, filters)
-    return run_batch(args, conn, out, jobs, failed)
+    return run_batch(args, conn, out, jobs, failed, is_batch(args, remotes))
 
 
 def cmd_put(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
@@ -408,7 +450,7 @@ def cmd_put(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
         raise UsageError("put: name at least one LOCAL path (or --from-file)")
     filters = Filters(tuple(args.include), tuple(args.exclude))
     jobs, failed = plan_put(sources, args.dir, args.recursive, filters)
-    return run_batch(args, conn, out, jobs, failed)
+    return run_batch(args, conn, out, jobs, failed, is_batch(args, sources))
 
 
 def _entry_record(path: str, entry: Entry) -> dict:
@@ -492,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out = Output(args)
     try:
-        conn = Connection(settings_from(args, dict(os.environ)))
+        conn = Connection(settings_from(args, dict(os.environ)), getattr(args, "retries", 0))
         try:
             ok = COMMANDS[args.command](args, conn, out)
         finally:
@@ -503,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectFailedError, ProtocolError, OSError) as exc:
         if out.debug:
             raise
-        out.error(args.command, exc)
+        out.error(args.command, exc, {"op": args.command})
         return ExitStatus.FAILURE
     except KeyboardInterrupt:
         print("ftpclient: interrupted", file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import os
 import socket
@@ -31,6 +32,7 @@ from typing import BinaryIO
 
 from ftpproto import (
     PROTOCOL_VERSION,
+    BadRequestError,
     ChecksumMismatchError,
     FrameStream,
     ProtocolError,
@@ -86,7 +88,7 @@ class Entry:
         try:
             md5 = message.get("md5")
             return cls(
-                name=check_type("name", message.get("name"), "str"),
+                name=_safe_name(message.get("name")),
                 type=message["type"] if message.get("type") in ("file", "dir") else "file",
                 size=check_type("size", message.get("size"), "int"),
                 mtime=float(message.get("mtime", 0)),
@@ -94,6 +96,19 @@ class Entry:
             )
         except (ProtocolError, TypeError, ValueError, KeyError) as exc:
             raise ProtocolMismatchError(f"malformed entry from server: {exc}") from None
+
+
+def _safe_name(name: object) -> str:
+    """An entry name from the server, refused if it could lead a download elsewhere."""
+    name = check_type("name", name, "str")
+    if (
+        name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or any(ord(c) < 32 or ord(c) == 127 for c in name)
+    ):
+        raise ValueError(f"unsafe name {name[:60]!r}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -206,6 +221,17 @@ class Client:
             self.stream.send({"op": op, **fields})
         return self._response()
 
+    @contextlib.contextmanager
+    def _timeout_extended(self, seconds: float) -> Iterator[None]:
+        timeout = self.sock.gettimeout()
+        if timeout is not None:
+            self.sock.settimeout(timeout + seconds)
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self.sock.settimeout(timeout)
+
     def _failed_data_phase(self, exc: OSError) -> Exception:
         """The server's reason for breaking a data phase, if it sent one before closing."""
         with contextlib.suppress(OSError, ProtocolError):
@@ -265,28 +291,37 @@ class Client:
         """
         started = time.monotonic()
         local = Path(local)
-        held, partial = self._find_partial(local)
-        header = self._get_header(remote, held)
-        size, md5 = header["size"], header["md5"]
-        if skip_identical and _same_file(local, size, md5):
-            self.stream.send({"op": "cancel"})
-            return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
-        if partial is not None and (partial.name != _partial_name(local, md5) or held > size):
-            self.stream.send({"op": "cancel"})  # the partial file is of another version
-            partial.unlink()
-            held, header = 0, self._get_header(remote, 0)
+        with _DownloadLock(local):
+            held, partial = self._find_partial(local)
+            if partial is not None and held > 0:
+                try:
+                    header = self._get_header(remote, held)
+                except BadRequestError:  # the file on the server is now shorter than what we hold
+                    partial.unlink()
+                    held, partial = 0, None
+                    header = self._get_header(remote, 0)
+            else:
+                header = self._get_header(remote, 0)
             size, md5 = header["size"], header["md5"]
-        partial = local.parent / _partial_name(local, md5)
-        with self._wire(), open(partial, "a+b") as file:
-            digest = md5_of(file, held)
-            self.stream.send({"op": "ack"})
-            self._receive(file, digest, held, size, progress)
-            file.flush()
-            os.fsync(file.fileno())
-        if digest.hexdigest() != md5:
-            partial.unlink()
-            raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
-        os.replace(partial, local)
+            if skip_identical and _same_file(local, size, md5):
+                self.stream.send({"op": "cancel"})
+                return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
+            if partial is not None and partial.name != _partial_name(local, md5):
+                self.stream.send({"op": "cancel"})  # the partial file is of another version
+                partial.unlink()
+                held, header = 0, self._get_header(remote, 0)
+                size, md5 = header["size"], header["md5"]
+            partial = local.parent / _partial_name(local, md5)
+            with self._wire(), open(partial, "a+b") as file:
+                digest = md5_of(file, held)
+                self.stream.send({"op": "ack"})
+                self._receive(file, digest, held, size, progress)
+                file.flush()
+                os.fsync(file.fileno())
+            if digest.hexdigest() != md5:
+                partial.unlink()
+                raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
+            os.replace(partial, local)
         return Transfer(remote, str(local), size, md5, size - held, time.monotonic() - started)
 
     def _get_header(self, remote: str, offset: int) -> dict:
@@ -297,6 +332,7 @@ class Client:
             if header.get("offset") != offset or size < offset:
                 raise ValueError(f"server answered offset {header.get('offset')!r} to {offset}")
         except (ProtocolError, ValueError) as exc:
+            self.sock.close()  # the server now waits for ack or cancel: the stream is out of step
             raise ProtocolMismatchError(f"malformed get header: {exc}") from None
         header["md5"] = header["md5"].lower()
         return header
@@ -319,7 +355,7 @@ class Client:
     @staticmethod
     def _find_partial(local: Path) -> tuple[int, Path | None]:
         """An earlier interrupted download of `local`: (bytes held, its file)."""
-        for candidate in local.parent.glob(_partial_name(local, "*")):
+        for candidate in local.parent.glob(_partial_name(local, "[0-9a-f]" * 32)):
             return candidate.stat().st_size, candidate
         return 0, None
 
@@ -339,9 +375,15 @@ class Client:
             md5 = md5_of(file).hexdigest()
             # offset == size tells "already there" for a non-empty file only; ask about an empty one.
             was_there = size == 0 and self._holds_empty_file(remote)
-            ack = self._request("put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents)
+            # Before its ack the server may hash up to `size` bytes (a held partial, or the
+            # destination): allow for that at a modest 50 MB/s on top of the usual timeout.
+            with self._timeout_extended(size / 50e6):
+                ack = self._request(
+                    "put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents
+                )
             offset = ack.get("offset")
             if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
+                self.sock.close()  # the server now waits for data: the stream is out of step
                 raise ProtocolMismatchError(f"server answered put with offset {offset!r} for {size} bytes")
             if progress is not None:
                 progress(offset, size)
@@ -376,6 +418,27 @@ class Client:
                 raise
             return False
         return entry.type == "file" and entry.size == 0
+
+
+class _DownloadLock:
+    """An exclusive lock on one download target, so two downloads to the same name
+    (in this process or another) never write one partial file at once."""
+
+    def __init__(self, local: Path) -> None:
+        self.path = local.parent / f"{_partial_name(local, 'lock')}"
+
+    def __enter__(self) -> _DownloadLock:
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise OSError(errno.EBUSY, "another download to this name is in progress") from None
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.unlink(self.path)
+        os.close(self.fd)
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:

@@ -13,7 +13,13 @@ import threading
 
 from tqdm import tqdm
 
-__all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar"]
+__all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar", "write_line"]
+
+
+def write_line(text: str) -> None:
+    """Print a result line on stdout, clearing and redrawing any bar around it."""
+    tqdm.write(text, file=sys.stdout)
+    sys.stdout.flush()
 
 
 def _bytes_bar(total: int, label: str, initial: int = 0) -> tqdm:

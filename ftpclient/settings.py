@@ -75,8 +75,8 @@ def load_profile(path: Path, name: str | None, explicit: bool) -> dict[str, Any]
         return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"{path}: cannot read: {exc}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{path}: cannot read: {one_line(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("profiles", {}), dict):
         raise SettingsError(f"{path}: expected a mapping with a 'profiles' mapping")
     profiles = data.get("profiles") or {}
@@ -111,6 +111,11 @@ def _env_port(env: dict[str, str]) -> int | None:
     return int(raw)
 
 
+def one_line(exc: BaseException) -> str:
+    """An error message folded onto one line (YAML errors span several)."""
+    return " ".join(str(exc).split())
+
+
 def first(*values: Any) -> Any:
     """The first value that is not None."""
     return next((v for v in values if v is not None), None)
@@ -142,6 +147,8 @@ def resolve_settings(
         bool(first(tls or None, _env_flag(env.get("SOCKFTP_TLS")), prof.get("tls"), False))
         or cafile is not None
     )
+    if cafile is not None and not os.path.isfile(os.path.expanduser(cafile)):
+        raise SettingsError(f"CA file {cafile}: no such file")
     password = None
     if user:
         password = _password(env, password_file or prof.get("password_file"), user, interactive)
@@ -165,6 +172,8 @@ def _password(env: dict[str, str], password_file: str | None, user: str, interac
             return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
         except OSError as exc:
             raise SettingsError(f"password file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"password file {path}: not UTF-8 text") from None
     if interactive is None:
         interactive = sys.stdin.isatty()
     if not interactive:

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -350,3 +351,98 @@ def test_batch_api_with_a_progress_callback(port, tmp_path):
     summary = batch.run(jobs)
     assert failed == [] and summary.sent == 5 and summary.failed == 0 and summary.bytes == 500_000
     assert seen == {f"/api/src/f{i}": 100_000 for i in range(5)}
+
+
+def test_the_same_remote_file_twice_is_fetched_once_and_whole(port, tmp_path, storage):
+    data = os.urandom(1_000_000)
+    (storage / "dup.bin").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("get", "/dup.bin", "/dup.bin", "-o", "out", "--json", port=port, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (out / "dup.bin").read_bytes() == data
+    assert json_lines(result)[-1]["sent"] == 1
+
+
+def test_two_remote_files_for_one_local_name_is_an_error_not_a_race(port, tmp_path, storage):
+    for d in ("s1", "s2"):
+        (storage / d).mkdir()
+        (storage / d / "same.bin").write_bytes(d.encode() * 1000)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("get", "/s1/same.bin", "/s2/same.bin", "-o", "out", port=port, cwd=tmp_path)
+    assert result.returncode == 1 and "same destination as /s1/same.bin" in result.stderr
+    assert (out / "same.bin").read_bytes() == b"s1" * 1000
+
+
+def test_a_summary_ends_every_batch_call_even_of_one_file(port, tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "f").write_text("x")
+    result = run_cli("put", "-r", "one", "--json", port=port, cwd=tmp_path)
+    assert [r["op"] for r in json_lines(result)] == ["put", "summary"]
+    plain = run_cli("put", "one/f", "--json", port=port, cwd=tmp_path)
+    assert [r["op"] for r in json_lines(plain)] == ["put"]
+
+
+def test_json_reports_a_connection_failure_on_stdout(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    result = run_cli("ls", "--json", port=free)
+    assert result.returncode == 1
+    (record,) = json_lines(result)
+    assert record["result"] == "failed" and "cannot connect" in record["message"]
+
+
+def test_retries_also_wait_for_a_server_that_is_not_up_yet(tmp_path, make_config, serve):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    config = make_config(listen={"port": free})
+    timer = threading.Timer(1.0, serve, args=(config,))
+    timer.start()
+    (tmp_path / "f").write_text("late")
+    try:
+        result = run_cli("put", "f", "--retries", "4", port=free, cwd=tmp_path)
+    finally:
+        timer.join()
+    assert result.returncode == 0, result.stderr
+    assert (config.storage_root / "f").read_text() == "late"
+
+
+def test_ctrl_c_stops_a_batch_at_once(tmp_path):
+    config = write_config(
+        tmp_path, anonymous={"bandwidth": 200_000}, limits={"max_connections_per_address": 50}
+    )
+    from .conftest import start_server_process
+
+    server = start_server_process(config)
+    try:
+        for i in range(4):
+            (tmp_path / f"f{i}").write_bytes(os.urandom(2_000_000))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ftpclient", "--port", str(server.port), "put", "f0", "f1", "f2", "f3"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.5)
+        process.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        assert process.wait(10) == 130
+        assert time.monotonic() - started < 3
+        assert b"Traceback" not in process.stderr.read()
+    finally:
+        server.stop()
+
+
+def test_bad_client_settings_are_usage_errors(tmp_path):
+    assert run_cli("--timeout", "0", "ls", port=1).returncode == 2
+    assert run_cli("--timeout", "-1", "ls", port=1).returncode == 2
+    missing_ca = run_cli("--cafile", str(tmp_path / "nope.pem"), "ls", port=1)
+    assert missing_ca.returncode == 2 and "CA file" in missing_ca.stderr
+    (tmp_path / "bad.yaml").write_text("profiles: [unclosed")
+    broken = run_cli("--config", str(tmp_path / "bad.yaml"), "ls", port=1)
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1

@@ -273,3 +273,36 @@ def test_a_get_header_with_a_bad_offset_is_refused(scripted, tmp_path):
     with Client("127.0.0.1", port, timeout=10) as c, pytest.raises(ProtocolMismatchError):
         c.get("/f", tmp_path / "f")
     assert not Path(tmp_path / "f").exists()
+
+
+def test_a_partial_download_longer_than_the_remote_file_is_dropped(client, server, tmp_path):
+    (server.root / "f").write_bytes(b"short")
+    target = tmp_path / "f"
+    (tmp_path / _partial_name(target, md5(b"an older, much longer version"))).write_bytes(b"x" * 1000)
+    assert client.get("/f", target).sent == 5
+    assert target.read_bytes() == b"short" and not list(tmp_path.glob(".sockftp-get-*"))
+
+
+@pytest.mark.parametrize("name", ["..", "../escape.txt", "/etc/x", "a/b", "", "nul\x00", "."])
+def test_a_hostile_server_cannot_name_files_outside_the_target(scripted, tmp_path, name):
+    def script(stream: FrameStream) -> None:
+        stream.recv()
+        entry = {"name": name, "type": "file", "size": 1, "mtime": 0.0}
+        stream.send({"ok": True, "path": "/", "entries": [entry], "more": False})
+        stream.recv()
+
+    port = scripted(script)
+    with (
+        Client("127.0.0.1", port, timeout=10) as c,
+        pytest.raises(ProtocolMismatchError, match="unsafe name"),
+    ):
+        c.ls("/")
+
+
+def test_two_downloads_to_one_name_at_once_do_not_share_a_partial(client, server, tmp_path):
+    from ftpclient.client import _DownloadLock
+
+    (server.root / "f").write_bytes(b"data")
+    with _DownloadLock(tmp_path / "f"), pytest.raises(OSError, match="another download"):
+        client.get("/f", tmp_path / "f")
+    assert client.get("/f", tmp_path / "f").sent == 4
