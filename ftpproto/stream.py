@@ -10,6 +10,7 @@ touch the wire.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -41,12 +42,29 @@ class FrameStream:
     def send(self, message: dict) -> None:
         self.sock.sendall(encode_frame(message))
 
-    def recv(self) -> dict:
-        """Return the next message; `PeerClosedError` on a clean end of stream."""
+    def recv(self, deadline: float | None = None) -> dict:
+        """Return the next message; `PeerClosedError` on a clean end of stream.
+
+        With a `deadline` (a `time.monotonic()` value) the whole frame must have
+        arrived by then, however slowly its bytes trickle in: else `TimeoutError`.
+        """
+        timeout = self.sock.gettimeout()
+        try:
+            return self._recv(deadline)
+        finally:
+            if deadline is not None and self.sock.fileno() != -1:
+                self.sock.settimeout(timeout)
+
+    def _recv(self, deadline: float | None) -> dict:
         while True:
             message = self._decoder.next_message()
             if message is not None:
                 return message
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("frame not complete by its deadline")
+                self.sock.settimeout(remaining)
             received = self.sock.recv_into(self._control)
             if not received:
                 if self._decoder.buffered:

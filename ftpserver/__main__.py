@@ -17,7 +17,7 @@ import threading
 from ftpproto.units import parse_size
 
 from .auth import hash_password
-from .config import PERMISSIONS, ConfigError, load_config, read_user_entries, save_users
+from .config import PERMISSIONS, ConfigError, load_config, parse_users, read_user_entries, save_users
 from .server import FileServer, _version
 
 __all__ = ["main"]
@@ -98,26 +98,25 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def add_user(args: argparse.Namespace) -> int:
+    """Add or update a user: check everything, then ask for the password, then write."""
     config = load_config(args.config)
     try:
         quota = parse_size(args.quota) if args.quota is not None else None
     except ValueError as exc:
         print(f"ftpserver: --quota: {exc}", file=sys.stderr)
         return 2
-    password = read_password(args.password_stdin)
-    if password is None:
-        return 1
     entries = read_user_entries(config.users_file)
-    entry = entries.get(args.name, {})
-    entry["password"] = hash_password(password)
-    entry.setdefault("home", args.name)
-    entry.setdefault("permissions", "rw")
+    entry = {"home": args.name, "permissions": "rw", **entries.get(args.name, {}), "password": "unset"}
     for key, value in (("home", args.home), ("permissions", args.permissions), ("quota", quota)):
         if value is not None:
             entry[key] = value
     entries[args.name] = entry
+    parse_users({"users": entries}, config.users_file, config.storage_root)  # raises ConfigError
+    password = read_password(args.password_stdin)
+    if password is None:
+        return 1
+    entry["password"] = hash_password(password)
     save_users(config.users_file, entries)
-    load_config(args.config)  # proves the file we wrote reads back
     print(f"ftpserver: user {args.name!r} saved in {config.users_file}", file=sys.stderr)
     return 0
 

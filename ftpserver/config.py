@@ -9,6 +9,7 @@ starts the same from any working directory.
 from __future__ import annotations
 
 import os
+import re
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ftpproto.paths import RESERVED_PREFIX
 from ftpproto.units import parse_size
 
 __all__ = [
@@ -25,11 +27,13 @@ __all__ = [
     "ServerConfig",
     "load_config",
     "load_users",
+    "parse_users",
     "read_user_entries",
     "save_users",
 ]
 
 PERMISSIONS = ("r", "rw")
+_USER_NAME = re.compile(r"[A-Za-z0-9_@-][A-Za-z0-9._@-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -133,6 +137,8 @@ class _Section:
         home = (root / value.lstrip("/")).resolve()
         if home != root and root not in home.parents:
             raise self.error(key, f"{value!r} is outside the storage root")
+        if any(part.startswith(RESERVED_PREFIX) for part in home.relative_to(root).parts):
+            raise self.error(key, f"{value!r} is inside the server's own {RESERVED_PREFIX} folder")
         return home
 
     def permissions(self, key: str, default: str) -> str:
@@ -247,11 +253,20 @@ def load_users(path: Path, root: Path) -> dict[str, Account]:
     """Read the users file; a file that does not exist yet holds no users."""
     if not path.exists():
         return {}
-    top = _Section(path, "", _read_yaml(path))
+    return parse_users(_read_yaml(path), path, root)
+
+
+def parse_users(data: Any, path: Path, root: Path) -> dict[str, Account]:
+    """Check the users file's data (as read from `path`) and return the accounts."""
+    top = _Section(path, "", data)
     top.only("users")
     users = top.section("users")
     accounts = {}
     for name in users.data:
+        if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+            raise users.error(
+                str(name), "a user name is letters, digits, '.', '_', '-' or '@', not starting with '.'"
+            )
         entry = users.section(str(name))
         entry.only("password", "home", "permissions", "quota", "bandwidth")
         password_hash = entry.get("password", str, "")
@@ -285,7 +300,8 @@ def save_users(path: Path, entries: dict[str, dict]) -> None:
         + yaml.safe_dump({"users": entries}, sort_keys=True, allow_unicode=True)
     )
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as file:
+    # 0600: password hashes are nobody else's business.
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())

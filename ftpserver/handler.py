@@ -69,6 +69,7 @@ class Session(socketserver.BaseRequestHandler):
         self.failed_logins = 0
         self.busy = False
         self.in_exchange = False  # inside a get/put exchange: an error leaves the stream out of step
+        self.streaming = False  # sending a get's data phase: no frame may be sent
         self.stream = FrameStream(self.request)
         self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.request.settimeout(self.limits.idle_timeout)
@@ -116,7 +117,7 @@ class Session(socketserver.BaseRequestHandler):
         """Read and answer one request; False when the connection must end."""
         try:
             try:
-                message = self.stream.recv()
+                message = self.stream.recv(deadline=time.monotonic() + self.limits.idle_timeout)
             except TimeoutError:
                 raise TimedOutError(f"no request for {self.limits.idle_timeout:g} seconds") from None
             self.busy = True
@@ -128,19 +129,21 @@ class Session(socketserver.BaseRequestHandler):
             raise
         except Exception:
             log.exception("internal error serving %s", self.peer)
-            self.send_error(InternalError("the server failed to handle this request"))
+            if not self.streaming:  # nothing but file bytes may follow a get's ack
+                self.send_error(InternalError("the server failed to handle this request"))
             return not self.in_exchange
         finally:
             self.busy = False
-            self.in_exchange = False
+            self.in_exchange = self.streaming = False
 
     def send_error(self, exc: ProtocolError) -> None:
-        log.info("error %s %s: %s", self.peer, exc.code, exc.message)
+        log.info("error %s %s: %s", self.peer, exc.code, clean(exc.message))
         with contextlib.suppress(OSError):
             self.stream.send(exc.to_response())
 
     def dispatch(self, message: dict) -> bool:
         spec = op_spec(message)
+        log.debug("request %s %s %s", self.peer, spec.name, clean(message.get("path", "")))
         if spec.needs_auth and self.account is None:
             raise AuthRequiredError("log in first")
         if spec.writes and not self.account.can_write:
@@ -192,6 +195,7 @@ class Session(socketserver.BaseRequestHandler):
             count = snapshot.size - offset
             limiter = self.server.rate_limiter(self.account)
             self.request.settimeout(self.limits.stall_timeout)
+            self.streaming = True
             try:
                 if limiter is None:
                     self.stream.send_file(snapshot.file, offset, count)
@@ -234,12 +238,12 @@ class Session(socketserver.BaseRequestHandler):
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.account, path, parents)
-        log.info("mkdir %s %s", self.peer, path)
+        log.info("mkdir %s %s", self.peer, clean(path))
         self.stream.send({"ok": True})
 
     def op_rm(self, path: str) -> None:
         self.storage.remove(self.account, path)
-        log.info("rm %s %s", self.peer, path)
+        log.info("rm %s %s", self.peer, clean(path))
         self.stream.send({"ok": True})
 
     def op_quit(self) -> bool:
@@ -253,7 +257,7 @@ class Session(socketserver.BaseRequestHandler):
             op,
             self.peer,
             clean(user),
-            path,
+            clean(path),
             count,
             time.monotonic() - started,
             result,

@@ -51,11 +51,23 @@ class FileServer(socketserver.ThreadingTCPServer):
         self._sessions: set[Session] = set()
         self._per_address: collections.Counter[str] = collections.Counter()
         self._rates: dict[str, RateLimiter] = {}
+        self._refusing: set[socket.socket] = set()
         self._cleaner = threading.Event()
         super().__init__((config.host, config.port), Session)
         threading.Thread(target=self._clean_partials, name="partial-cleaner", daemon=True).start()
         if config.anonymous is not None and config.anonymous.can_write and not self._loopback():
             log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
+        if config.anonymous is not None:
+            exposed = [
+                u.name
+                for u in config.users.values()
+                if u.home == config.anonymous.home or config.anonymous.home in u.home.parents
+            ]
+            if exposed:
+                log.warning(
+                    "anonymous users can reach the homes of: %s (give them a home of their own)",
+                    ", ".join(exposed),
+                )
 
     @property
     def session_count(self) -> int:
@@ -96,10 +108,28 @@ class FileServer(socketserver.ThreadingTCPServer):
                 self._per_address[host] += 1
                 return True
         log.warning("refused %s:%s: %s", host, client_address[1], reason)
-        with contextlib.suppress(OSError):
-            request.settimeout(1.0)
-            request.sendall(encode_frame(BusyError(reason).to_response()))
+        with self._lock:
+            self._refusing.add(request)
+        # Its own thread: with TLS the refusal needs a handshake, which a silent peer
+        # could otherwise drag out while every new connection waits behind it.
+        threading.Thread(target=self._refuse, args=(request, reason), daemon=True).start()
         return False
+
+    def _refuse(self, request: socket.socket, reason: str) -> None:
+        try:
+            with contextlib.suppress(OSError):
+                request.settimeout(1.0)
+                request.sendall(encode_frame(BusyError(reason).to_response()))
+        finally:
+            with self._lock:
+                self._refusing.discard(request)
+            super().shutdown_request(request)
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        with self._lock:
+            if request in self._refusing:
+                return  # its refusal thread closes it
+        super().shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
         try:
@@ -158,6 +188,19 @@ class FileServer(socketserver.ThreadingTCPServer):
         deadline = time.monotonic() + self.config.limits.shutdown_grace
         while self._sessions and time.monotonic() < deadline:
             time.sleep(0.05)
-        if self._sessions:
-            log.warning("%d sessions still running at shutdown; closing them", len(self._sessions))
+        with self._lock:
+            stragglers = list(self._sessions)
+        if stragglers:
+            log.warning(
+                "%d sessions still running after %gs; closing them",
+                len(stragglers),
+                self.config.limits.shutdown_grace,
+            )
+            for session in stragglers:
+                with contextlib.suppress(OSError):
+                    session.request.shutdown(socket.SHUT_RDWR)
+            deadline = time.monotonic() + 5
+            while self._sessions and time.monotonic() < deadline:
+                time.sleep(0.05)
         self.server_close()
+        self.storage.checksums.close()

@@ -4,6 +4,7 @@ client still gets correct answers."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
@@ -167,3 +168,48 @@ def test_a_crowd_of_logins_does_not_balloon_the_servers_memory(tmp_path, server_
         assert all(pool.map(login, range(60)))
     # Each scrypt check takes 16 MiB; 60 at once would take about 1 GB.
     assert peak_rss_mib(server.process.pid) - before < 200
+
+
+def test_a_frame_dribbled_slower_than_the_idle_timeout_is_cut(make_config, serve, raw):
+    stream = raw(serve(make_config(limits={"idle_timeout": 0.5})))
+    frame = encode_frame({"op": "mkdir", "path": "slow" * 10})
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in frame:  # a byte every 0.1 s: each recv is quick, the frame is not
+            stream.sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+    stream.sock.settimeout(5)
+    answer = stream.recv()
+    assert answer["error"] == "timeout" and time.monotonic() - started < 5
+
+
+def test_silent_refused_tls_peers_do_not_hold_up_new_connections(tmp_path, make_config, serve):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    running = serve(make_config(tls={"cert": "server.pem"}, limits={"max_connections_per_address": 1}))
+    silent = []
+    try:
+        for _ in range(9):  # from another loopback address: one admitted, eight refused, all silent
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", running.port))
+            silent.append(sock)
+        started = time.monotonic()
+        with Client("127.0.0.1", running.port, tls=True, cafile=tmp_path / "ca.pem", timeout=10) as client:
+            assert client.ls("/") == []
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_stop_ends_sessions_that_outlive_the_grace_period(make_config, serve, raw):
+    running = serve(make_config(limits={"shutdown_grace": 0.3, "stall_timeout": 60}))
+    stream = raw(running)
+    stream.request("put", path="f", size=1000, md5=md5(b"x" * 1000))
+    stream.sock.sendall(b"x" * 10)  # then nothing: a transfer that would hold on for a minute
+    started = time.monotonic()
+    running.server.stop()
+    assert running.server.session_count == 0 and time.monotonic() - started < 6

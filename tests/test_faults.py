@@ -147,7 +147,11 @@ def test_a_write_error_on_the_server_is_reported_and_nothing_is_torn(tmp_path, d
         preexec_fn=_limit_file_size,  # SIGXFSZ is ignored by Python, so writes fail with EFBIG
     )
     try:
-        port = int(process.stderr.readline().split("listening on 127.0.0.1:")[1].split(",")[0])
+        line = ""
+        while "listening on" not in line:  # warnings may come first
+            line = process.stderr.readline()
+            assert line, "server exited"
+        port = int(line.split("listening on 127.0.0.1:")[1].split(",")[0])
         result = run_cli("put", "big.bin", port=port, cwd=tmp_path / "work")
         assert result.returncode == 1 and "too_large" in result.stderr
         assert (storage / "big.bin").read_bytes() == b"previous"

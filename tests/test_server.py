@@ -751,3 +751,21 @@ def test_ls_of_one_file_does_not_hash_it(raw, server):
         file.write(b"xyz")
     os.utime(server.root / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
     assert stream.request("stat", path="f")["md5"] == md5(b"xyz")  # nothing remembered by ls
+
+
+def test_an_error_inside_a_gets_data_phase_sends_no_frame_into_the_data(raw, server, monkeypatch):
+    (server.root / "f").write_bytes(b"D" * 100_000)
+
+    def breaks_half_way(self, file, offset, count, *args):
+        self.sock.sendall(b"D" * 10)
+        raise RuntimeError("disk trouble")
+
+    monkeypatch.setattr("ftpproto.stream.FrameStream.send_file", breaks_half_way)
+    stream = raw()
+    assert stream.request("get", path="f")["ok"]
+    stream.send({"op": "ack"})
+    received = b""
+    stream.sock.settimeout(5)
+    while chunk := stream.sock.recv(65536):
+        received += chunk
+    assert received == b"D" * 10  # then the connection closes: no error frame in the data

@@ -43,7 +43,9 @@ def test_profile_chosen_by_flag_or_env(tmp_path):
         resolve_settings(env, profile="c")
 
 
-def test_tls_and_cafile_from_profile(tmp_path):
+def test_tls_and_cafile_from_profile(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ca.pem").write_text("a CA bundle")
     write_profiles(tmp_path, {"default": "s", "profiles": {"s": {"cafile": "~/ca.pem"}}})
     settings = resolve_settings({"XDG_CONFIG_HOME": str(tmp_path)})
     assert settings.tls and settings.cafile.endswith("/ca.pem") and "~" not in settings.cafile
