@@ -38,10 +38,11 @@ from ftpproto import (
     ProtocolError,
     error_from_response,
 )
-from ftpproto.checksum import md5_of
+from ftpproto.checksum import BackgroundMD5, md5_of, new_md5
 from ftpproto.messages import check_type, validate_md5
 from ftpproto.pacing import RateLimiter
 from ftpproto.stream import SENDFILE_CHUNK
+from ftpproto.writeback import Writeback
 
 __all__ = ["Client", "Entry", "HandshakeError", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
 
@@ -313,11 +314,15 @@ class Client:
                 size, md5 = header["size"], header["md5"]
             partial = local.parent / _partial_name(local, md5)
             with self._wire(), open(partial, "a+b") as file:
-                digest = md5_of(file, held)
-                self.stream.send({"op": "ack"})
-                self._receive(file, digest, held, size, progress)
-                file.flush()
-                os.fsync(file.fileno())
+                digest = new_md5(size - held, md5_of(file, held))
+                try:
+                    self.stream.send({"op": "ack"})
+                    self._receive(file, digest, held, size, progress)
+                    file.flush()
+                    os.fsync(file.fileno())
+                except BaseException:
+                    digest.close()
+                    raise
             if digest.hexdigest() != md5:
                 partial.unlink()
                 raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
@@ -337,10 +342,15 @@ class Client:
         header["md5"] = header["md5"].lower()
         return header
 
-    def _receive(self, file, digest, done: int, size: int, progress: Progress | None) -> None:
+    def _receive(
+        self, file: BinaryIO, digest: BackgroundMD5, done: int, size: int, progress: Progress | None
+    ) -> None:
+        writeback = Writeback(file, done)
+
         def consume(chunk: memoryview) -> None:
             nonlocal done
             file.write(chunk)
+            writeback.wrote(len(chunk))
             digest.update(chunk)
             done += len(chunk)
             if progress is not None:

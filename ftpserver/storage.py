@@ -41,8 +41,9 @@ from ftpproto import (
     join_path,
     split_path,
 )
-from ftpproto.checksum import md5_of
+from ftpproto.checksum import BackgroundMD5, md5_of, new_md5
 from ftpproto.paths import RESERVED_PREFIX
+from ftpproto.writeback import Writeback
 
 from .checksums import ChecksumCache
 from .config import Account
@@ -140,8 +141,9 @@ class Upload:
     checksums: ChecksumCache = field(repr=False)
     release: Callable[[], None] = field(repr=False)
     file: BinaryIO | None = field(default=None, repr=False)  # open while bytes are to come
-    digest: hashlib._Hash = field(default_factory=hashlib.md5, repr=False)
+    digest: BackgroundMD5 = field(default_factory=lambda: BackgroundMD5(threaded=False), repr=False)
     error: ProtocolError | None = field(default=None, repr=False)
+    writeback: Writeback | None = field(default=None, repr=False)
 
     def write(self, chunk: memoryview) -> None:
         """Store one chunk. After a write error the rest of the data phase is
@@ -151,6 +153,7 @@ class Upload:
         try:
             with os_errors(self.path):
                 self.file.write(chunk)
+                self.writeback.wrote(len(chunk))
         except ProtocolError as exc:
             self.error = exc
             return
@@ -164,6 +167,7 @@ class Upload:
             if self.partial != self.dest:
                 self._move_into_place()
         finally:
+            self.digest.close()
             self._release()
 
     def _verify_received(self) -> None:
@@ -193,6 +197,7 @@ class Upload:
 
     def abort(self) -> None:
         """Stop without renaming: the partial file stays for a later resume."""
+        self.digest.close()
         if self.file is not None:
             with contextlib.suppress(OSError):
                 self.file.close()
@@ -397,7 +402,7 @@ class Storage:
                 unreserve = self._reserve(account, vpath, growth - held)
                 file = open(partial, "r+b" if held else "wb")  # noqa: SIM115 - owned by Upload
                 file.truncate(held)
-                digest = md5_of(file, held)
+                digest = new_md5(size - held, md5_of(file, held))
                 file.seek(held)
         except BaseException:
             if file is not None:
@@ -407,7 +412,7 @@ class Storage:
             raise
         return Upload(
             vpath, dest, partial, size, md5, held, overwrite, self.checksums,
-            _both(unreserve, unclaim), file, digest,
+            _both(unreserve, unclaim), file, digest, writeback=Writeback(file, held),
         )  # fmt: skip
 
     def _instant_copy(
