@@ -33,6 +33,7 @@ class ExitStatus(enum.IntEnum):
     OK = 0
     FAILURE = 1
     USAGE = 2
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
 class UsageError(Exception):
@@ -549,5 +550,5 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.FAILURE
     except KeyboardInterrupt:
         print("ftpclient: interrupted", file=sys.stderr)
-        return 130
+        return ExitStatus.INTERRUPTED
     return ExitStatus.OK if ok else ExitStatus.FAILURE

@@ -6,8 +6,9 @@
             print(entry.name, entry.size)
         client.get("/reports/report.pdf", "copy.pdf")
 
-Every op goes through `_request()`; an error answer raises the
-`ftpproto.ProtocolError` subclass its code names. Transfers verify the MD5 of
+Every answer goes through `_response()`; an error answer raises the
+`ftpproto.ProtocolError` subclass its code names, and any error that leaves
+the stream out of step closes the connection (`closed` then says so). Transfers verify the MD5 of
 every file they move and take a `progress(done, total)` callback, so the
 library draws nothing itself. Downloads land in a hidden partial file beside
 the target and are renamed only once their MD5 matches; an interrupted

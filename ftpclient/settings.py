@@ -149,6 +149,8 @@ def resolve_settings(
     )
     if cafile is not None and not os.path.isfile(os.path.expanduser(cafile)):
         raise SettingsError(f"CA file {cafile}: no such file")
+    if password_file and not user:
+        raise SettingsError("--password-file needs a user (--user, SOCKFTP_USER or the profile)")
     password = None
     if user:
         password = _password(env, password_file or prof.get("password_file"), user, interactive)

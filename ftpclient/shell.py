@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ftpproto import ProtocolError, join_path, split_path
 
+from .cli import long_line, short_line
 from .client import Client
 from .progress import progress_bar
 
@@ -83,9 +84,12 @@ class Shell(cmd.Cmd):
             return super().onecmd(line)
         except (ProtocolError, OSError, ValueError) as exc:
             self.failed = True
-            detail = f"{exc.code}: {exc.message}" if isinstance(exc, ProtocolError) else (
-                getattr(exc, "strerror", None) or str(exc)
-            )  # fmt: skip
+            if isinstance(exc, ProtocolError):
+                detail = f"{exc.code}: {exc.message}"
+            elif isinstance(exc, OSError) and exc.strerror:
+                detail = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+            else:
+                detail = str(exc)
             print(f"error: {detail}", file=sys.stderr, flush=True)
             if self.client.closed:
                 print("error: the connection is closed; exit and start again", file=sys.stderr, flush=True)
@@ -94,6 +98,10 @@ class Shell(cmd.Cmd):
 
     def emptyline(self) -> bool:
         return False
+
+    def get_names(self) -> list[str]:
+        """The commands `help` lists: not EOF, nor quit (exit's twin)."""
+        return [name for name in super().get_names() if name not in ("do_EOF", "do_quit")]
 
     def default(self, line: str) -> bool:
         raise ValueError(f"unknown command {line.split()[0]!r}; type help")
@@ -112,9 +120,12 @@ class Shell(cmd.Cmd):
         self.cwd = target
 
     def do_ls(self, arg: str) -> None:
-        """ls [PATH]: list a remote directory"""
-        for entry in self.client.ls(self.path(_one(arg, default=""))):
-            self.say(entry.name + ("/" if entry.type == "dir" else ""))
+        """ls [-l] [PATH]: list a remote directory (-l: type, size and time)"""
+        names = shlex.split(arg)
+        long = "-l" in names
+        names = [n for n in names if n != "-l"]
+        for entry in self.client.ls(self.path(_one(" ".join(map(shlex.quote, names)), default=""))):
+            self.say(long_line(entry) if long else short_line(entry))
 
     def do_get(self, arg: str) -> None:
         """get REMOTE [LOCAL]: download a file"""
@@ -145,7 +156,8 @@ class Shell(cmd.Cmd):
             transfer = self.client.put(local, remote, progress=bar)
         finally:
             bar.close()
-        self.say(f"{local} -> {remote}: {transfer.size} bytes")
+        note = " (already on the server, nothing sent)" if transfer.skipped else ""
+        self.say(f"{local} -> {remote}: {transfer.size} bytes{note}")
 
     def do_mkdir(self, arg: str) -> None:
         """mkdir DIR: create a remote directory (and its parents)"""

@@ -18,7 +18,7 @@ from ftpproto.units import parse_size
 
 from .auth import hash_password
 from .config import PERMISSIONS, ConfigError, load_config, parse_users, read_user_entries, save_users
-from .server import FileServer, _version
+from .server import FileServer, version
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="listen on this address instead of the config's")
     parser.add_argument("--port", type=int, help="listen on this port instead of the config's (0: any)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     adduser = commands.add_parser(
         "adduser",

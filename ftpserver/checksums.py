@@ -13,7 +13,6 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["ChecksumCache"]
@@ -75,20 +74,12 @@ class ChecksumCache:
         with self._lock:
             self._query("DELETE FROM checksums WHERE path=?", (str(path),))
 
-    def find(self, md5: str, size: int, under: Path) -> Iterator[Path]:
-        """Files remembered with this MD5 and size below `under`, still unchanged."""
+    def find(self, md5: str, size: int, under: Path) -> list[Path]:
+        """Paths below `under` remembered with this MD5 and size. The files may have
+        changed since: the caller checks each with `lookup()` before trusting it."""
         with self._lock:
             rows = self._query("SELECT path FROM checksums WHERE md5=? AND size=?", (md5, size))
-        for (text,) in rows:
-            path = Path(text)
-            if under not in path.parents:
-                continue
-            try:
-                st = path.stat()
-            except OSError:
-                continue
-            if self.lookup(path, st) == md5:
-                yield path
+        return [Path(text) for (text,) in rows if under in Path(text).parents]
 
     def _query(self, sql: str, args: tuple) -> list[tuple]:
         """Run a statement; a cache failure is logged and ignored, never fatal."""

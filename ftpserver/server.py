@@ -25,12 +25,13 @@ from .config import Account, ServerConfig
 from .handler import Session
 from .storage import Storage
 
-__all__ = ["FileServer"]
+__all__ = ["FileServer", "version"]
 
 log = logging.getLogger("ftpserver")
 
 
-def _version() -> str:
+def version() -> str:
+    """The installed sockftp version."""
     try:
         return metadata.version("sockftp")
     except metadata.PackageNotFoundError:
@@ -45,7 +46,7 @@ class FileServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.storage = Storage(config.storage_root, config.limits.max_file_size)
-        self.version = _version()
+        self.version = version()
         self.stopping = False
         self._lock = threading.Lock()
         self._sessions: set[Session] = set()

@@ -425,7 +425,7 @@ class Storage:
         A hard link is safe because stored files are only ever replaced by rename,
         never written in place. Only files inside the user's own home are candidates,
         so an upload never reveals what other users store."""
-        for source in self.checksums.find(md5, size, account.home):
+        for source in self._unchanged(self.checksums.find(md5, size, account.home), md5):
             unreserve = self._reserve(account, vpath, growth)
             temp, unclaim = self._claim_temp(dest)
             try:
@@ -449,6 +449,16 @@ class Storage:
             unreserve()
             unclaim()  # the source changed or vanished meanwhile: try the next
         return None
+
+    def _unchanged(self, paths: list[Path], md5: str) -> Iterator[Path]:
+        """Those of `paths` that still hold the bytes their remembered `md5` was of."""
+        for path in paths:
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if stat_mod.S_ISREG(st.st_mode) and self.checksums.lookup(path, st) == md5:
+                yield path
 
     def _link_or_copy(self, source: Path, temp: Path, md5: str) -> bool:
         """Put `source`'s bytes at `temp`; True if they still have `md5`."""

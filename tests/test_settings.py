@@ -129,3 +129,9 @@ def test_cli_with_a_profile_and_a_password_file(tmp_path, server_process):
 def test_there_is_no_password_flag():
     result = run_cli("--password", "x", "ls", port=1)
     assert result.returncode == 2
+
+
+def test_a_password_file_without_a_user_is_an_error(tmp_path):
+    (tmp_path / "pw").write_text("secret")
+    with pytest.raises(SettingsError, match="needs a user"):
+        resolve_settings({"XDG_CONFIG_HOME": "/nonexistent"}, password_file=str(tmp_path / "pw"))

@@ -75,3 +75,12 @@ def test_tab_completion_of_remote_names(tmp_path, server_process):
         shell.onecmd("cd reports")
         assert shell.complete_ls("q2", "ls q2", 3, 5) == ["q2.pdf"]
         assert shell.complete_cd("../re", "cd ../re", 3, 8) == ["../readme.txt", "../reports/"]
+
+
+def test_ls_long_help_and_local_errors(port, tmp_path):
+    (tmp_path / "f.txt").write_text("x")
+    result = run_cli("shell", port=port, cwd=tmp_path, input="put f.txt\nls -l\nput missing.bin\nhelp\n")
+    assert result.returncode == 1
+    assert any(line.startswith("f ") and line.endswith("f.txt") for line in result.stdout.splitlines())
+    assert "error: missing.bin: No such file or directory" in result.stderr
+    assert "EOF" not in result.stdout and "quit" not in result.stdout
