@@ -1,0 +1,95 @@
+"""Machine limits, measured in the same run as the peers they are compared with.
+
+md5        `hashlib.md5` on one core over a buffer in memory: what a verified
+           transfer can hash at best.
+copy       a raw Python loopback copy: `socket.sendfile` of the test file into
+           `recv_into` one reused 256 KiB buffer, sender on a thread.
+hash+write the same receiver also hashing each chunk and writing it to a
+           file, then fsync: what a verified, durable download can do at best
+           with one receiving thread.
+
+All three are in MiB/s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from harness import MIB
+
+RECV_BUFFER = 256 * 1024
+
+
+def md5_rate(total: int = 256 * MIB, chunk: int = MIB) -> float:
+    """MiB/s of `hashlib.md5` over `total` bytes already in memory, fed in `chunk`s."""
+    buffer = bytearray(os.urandom(chunk)) * (total // chunk)
+    view = memoryview(buffer)
+    digest = hashlib.md5()
+    started = time.perf_counter()
+    for offset in range(0, total, chunk):
+        digest.update(view[offset : offset + chunk])
+    return total / MIB / (time.perf_counter() - started)
+
+
+def loopback_rate(source: Path, sink: Path | None = None, timeout: float = 120.0) -> float:
+    """MiB/s of sending `source` over loopback; with `sink`, the receiver also hashes
+    and writes what it gets to `sink` (fsynced; removed after the clock stops)."""
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(timeout)
+            port = listener.getsockname()[1]
+            sender = threading.Thread(target=_send_file, args=(source, port, timeout), daemon=True)
+            started = time.perf_counter()
+            sender.start()
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(timeout)
+                received = _receive(conn, sink)
+            seconds = time.perf_counter() - started
+            sender.join(timeout)
+    finally:
+        if sink is not None:
+            sink.unlink(missing_ok=True)
+    if received != source.stat().st_size:
+        raise RuntimeError(f"loopback copy received {received} of {source.stat().st_size} bytes")
+    return received / MIB / seconds
+
+
+def _send_file(source: Path, port: int, timeout: float) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn, open(source, "rb") as file:
+        conn.sendfile(file)
+
+
+def _receive(conn: socket.socket, sink: Path | None) -> int:
+    if sink is None:
+        return _drain(conn, lambda chunk: None)
+    digest = hashlib.md5()
+    with open(sink, "wb") as file:
+
+        def consume(chunk: memoryview) -> None:
+            file.write(chunk)
+            digest.update(chunk)
+
+        total = _drain(conn, consume)
+        file.flush()
+        os.fsync(file.fileno())
+    return total
+
+
+def _drain(conn: socket.socket, consume: Callable[[memoryview], object]) -> int:
+    """Read into one reused buffer until the sender closes; hand each chunk to `consume`."""
+    buffer = bytearray(RECV_BUFFER)
+    view = memoryview(buffer)
+    total = 0
+    while True:  # ends when the sender closes, or on the socket's time-out
+        count = conn.recv_into(buffer)
+        if not count:
+            return total
+        consume(view[:count])
+        total += count

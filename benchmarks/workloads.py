@@ -1,0 +1,364 @@
+"""The workloads, each run `plan.reps` times per peer, and the targets judged from them.
+
+Each workload prepares the server's storage and the client's scratch folder
+outside the timed span, hands one spec to `clients.py` per repetition, and
+records its figures. Server memory is sampled around every repetition.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import limits
+from harness import MIB, CpuShare, Deadline, PeakRss, run_worker
+from peers import Peer
+from report import LIMIT_WORKLOAD, LIMITS, THROUGHPUT, Results, Target
+
+KIB = 1024
+RSS_BUDGET_MIB = 100
+BUSY_SHARE = 0.10  # others' share of the CPU during a repetition that makes it run again
+BUSY_RETRIES = 2
+SERVER_RSS = "server peak RSS (MiB)"
+CLIENT_RSS = "client peak RSS (MiB)"
+RATE = f"rate ({THROUGHPUT})"
+FILES_RATE = "files/s"
+
+
+def size_label(size: int) -> str:
+    if size >= 1024 * MIB and size % (1024 * MIB) == 0:
+        return f"{size // (1024 * MIB)} GiB"
+    return f"{size // MIB} MiB" if size >= MIB else f"{size // KIB} KiB"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How big each workload is and how often it runs."""
+
+    big: int = 1024 * MIB
+    small_count: int = 2000
+    small_size: int = 8 * KIB
+    clients: int = 100
+    client_file: int = 10 * MIB
+    logins: int = 1000
+    reps: int = 3
+    deadline: float = 900.0  # the full run takes about 8 minutes here
+    op_timeout: float = 300.0
+
+    @property
+    def big_get(self) -> str:
+        return f"{size_label(self.big)} get"
+
+    @property
+    def big_put(self) -> str:
+        return f"{size_label(self.big)} put, fresh"
+
+    @property
+    def big_put_again(self) -> str:
+        return f"{size_label(self.big)} put, repeated"
+
+    def batch(self, direction: str, workers: int) -> str:
+        return f"{self.small_count} x {size_label(self.small_size)} {direction}, {workers} conn"
+
+    @property
+    def concurrent(self) -> str:
+        return f"{self.clients} clients x {size_label(self.client_file)} get"
+
+    @property
+    def logins_per_rep(self) -> int:
+        """The logins are split over the repetitions: `logins` in all, not per repetition."""
+        return -(-self.logins // self.reps)
+
+    @property
+    def logins_label(self) -> str:
+        return f"{self.reps} x {self.logins_per_rep} connect+login+quit"
+
+
+QUICK = Plan(big=64 * MIB, small_count=200, clients=20, logins=100, reps=1, deadline=240.0, op_timeout=60.0)
+
+
+@dataclass
+class Bench:
+    """What every workload needs: the plan, the test data, a scratch folder, the clock."""
+
+    plan: Plan
+    results: Results
+    deadline: Deadline
+    data: Path  # get/ (big.bin, mid.bin, small/: seeded on every server) and put/ (big.bin, small/)
+    names: list[str]  # the small files' names
+    scratch: Path  # where clients download to; emptied before each repetition
+
+    def fresh_scratch(self) -> Path:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        self.scratch.mkdir(parents=True)
+        return self.scratch
+
+    def run(
+        self,
+        workload: str,
+        peer: Peer,
+        metric: str,
+        spec: dict,
+        label: str | None = None,
+        tolerate_failures: bool = False,
+    ) -> tuple[dict, float] | None:
+        """One repetition in a worker process: (its result, server peak RSS), or None if it
+        failed. `spec` may name its own client as `peer`; `label` is the table's peer column.
+        Failures inside the op fail the repetition unless `tolerate_failures`."""
+        label = label or peer.name
+        try:
+            result, rss, busy = self._measure({"peer": peer.client, **spec}, peer.pid, label)
+            if result.get("failures") and not tolerate_failures:
+                raise RuntimeError(f"{result['failures']} failed: {result.get('errors')}")
+        except RuntimeError as exc:
+            self.results.fail(workload, label, metric, str(exc))
+            print(f"    {label}: {workload}: FAILED: {exc}", flush=True)
+            return None
+        if busy > BUSY_SHARE:
+            self.results.notes.append(
+                f"{label}, {workload}: measured while others took {busy:.0%} of the CPU"
+            )
+        return result, rss
+
+    def _measure(self, spec: dict, server: int, label: str) -> tuple[dict, float, float]:
+        """Run the worker, again (at most BUSY_RETRIES times) while other processes
+        take more than BUSY_SHARE of the CPU; (result, server peak RSS, others' share)."""
+        for attempt in range(1 + BUSY_RETRIES):
+            cpu = CpuShare(server)
+            timeout = self.deadline.timeout(self.plan.op_timeout)
+            with PeakRss(server) as rss:  # the op stops itself (budget) before it is killed
+                result = run_worker({**spec, "budget": 0.9 * timeout}, timeout)
+            busy = cpu.others()[1]
+            if busy <= BUSY_SHARE or attempt == BUSY_RETRIES:
+                break
+            self.results.retried += 1
+            print(f"    {label}: other processes took {busy:.0%} of the CPU; once more", flush=True)
+        return result, rss.mib, busy
+
+
+# -- machine limits ---------------------------------------------------------------
+
+
+def measure_limits(bench: Bench) -> None:
+    """The three limits, `reps` times each, after one unrecorded warm-up round."""
+    sink = bench.fresh_scratch() / "limit.bin"
+    source = bench.data / "get" / "big.bin"
+    measures: dict[str, Callable[[], float]] = {
+        "md5": limits.md5_rate,
+        "copy": lambda: limits.loopback_rate(source, timeout=bench.deadline.timeout(120)),
+        "hash+write": lambda: limits.loopback_rate(source, sink, bench.deadline.timeout(120)),
+    }
+    for rep in range(bench.plan.reps + 1):
+        for key, measure in measures.items():
+            bench.deadline.check()
+            rate = measure()
+            if rep > 0:
+                bench.results.add(LIMIT_WORKLOAD, "-", f"{LIMITS[key]} ({THROUGHPUT})", rate)
+
+
+# -- workloads --------------------------------------------------------------------
+
+
+def big_get(bench: Bench, peer: Peer) -> None:
+    workload, size = bench.plan.big_get, bench.plan.big
+    for _ in range(bench.plan.reps):
+        local = bench.fresh_scratch() / "big.bin"
+        spec = {"op": "transfer", "direction": "get", "remote": peer.remote("seed/big.bin")}
+        outcome = bench.run(workload, peer, RATE, {**spec, "local": str(local), "size": size})
+        if outcome:
+            record_transfer(bench, workload, peer, outcome, size)
+
+
+def big_put(bench: Bench, peer: Peer) -> None:
+    workload, size = bench.plan.big_put, bench.plan.big
+    for _ in range(bench.plan.reps):
+        peer.reset_uploads()
+        spec = {"op": "transfer", "direction": "put", "local": str(bench.data / "put" / "big.bin")}
+        outcome = bench.run(workload, peer, RATE, {**spec, "remote": peer.remote("up/big.bin"), "size": size})
+        if outcome:
+            record_transfer(bench, workload, peer, outcome, size)
+
+
+def record_transfer(bench: Bench, workload: str, peer: Peer, outcome: tuple[dict, float], size: int) -> None:
+    result, server_rss = outcome
+    bench.results.add(workload, peer.name, RATE, size / MIB / result["seconds"])
+    bench.results.add(workload, peer.name, SERVER_RSS, server_rss)
+    bench.results.add(workload, peer.name, CLIENT_RSS, result["client_rss_mib"])
+
+
+def big_put_again(bench: Bench, peer: Peer) -> None:
+    """The same put once more: sockftp should find the file on the server and send nothing."""
+    workload = bench.plan.big_put_again
+    if not (peer.storage / "up" / "big.bin").exists():
+        peer.reset_uploads()
+        (peer.storage / "up" / "big.bin").hardlink_to(bench.data / "put" / "big.bin")
+    for _ in range(bench.plan.reps):
+        spec = {"op": "transfer", "direction": "put", "local": str(bench.data / "put" / "big.bin")}
+        outcome = bench.run(workload, peer, "seconds", {**spec, "remote": peer.remote("up/big.bin")})
+        if outcome:
+            result, server_rss = outcome
+            bench.results.add(workload, peer.name, "seconds", result["seconds"])
+            bench.results.add(workload, peer.name, "bytes sent", result["sent"])
+            bench.results.add(workload, peer.name, SERVER_RSS, server_rss)
+
+
+def batch(bench: Bench, peer: Peer, direction: str, workers: int) -> None:
+    workload = bench.plan.batch(direction, workers)
+    for _ in range(bench.plan.reps):
+        scratch = bench.fresh_scratch()
+        if direction == "put":
+            peer.reset_uploads()
+            local_dir, remote_dir = bench.data / "put" / "small", peer.remote("up/small")
+        else:
+            local_dir, remote_dir = scratch / "small", peer.remote("seed/small")
+        spec = {
+            "op": "batch",
+            "direction": direction,
+            "workers": workers,
+            "names": bench.names,
+            "local_dir": str(local_dir),
+            "remote_dir": remote_dir,
+            "size": bench.plan.small_size,
+        }
+        outcome = bench.run(workload, peer, FILES_RATE, spec)
+        if outcome:
+            bench.results.add(workload, peer.name, FILES_RATE, outcome[0]["files"] / outcome[0]["seconds"])
+
+
+def concurrent(bench: Bench, peer: Peer, label: str, client: dict) -> None:
+    workload, plan = bench.plan.concurrent, bench.plan
+    for _ in range(plan.reps):
+        spec = {
+            "peer": client,
+            "op": "concurrent",
+            "clients": plan.clients,
+            "remote": peer.remote("seed/mid.bin"),
+            "local_dir": str(bench.fresh_scratch() / "concurrent"),
+            "size": plan.client_file,
+        }
+        outcome = bench.run(workload, peer, "failures", spec, label, tolerate_failures=True)
+        if outcome:
+            result, server_rss = outcome
+            done = result["clients"] - result["failures"]
+            bench.results.add(workload, label, "wall time (s)", result["seconds"])
+            bench.results.add(workload, label, RATE, done * plan.client_file / MIB / result["seconds"])
+            bench.results.add(workload, label, "failures", result["failures"])
+            bench.results.add(workload, label, SERVER_RSS, server_rss)
+            for error in result.get("errors", []):
+                bench.results.notes.append(f"{label}, {workload}: {error}")
+
+
+def logins(bench: Bench, peer: Peer, label: str, client: dict) -> None:
+    workload = bench.plan.logins_label
+    for _ in range(bench.plan.reps):
+        spec = {"peer": client, "op": "logins", "count": bench.plan.logins_per_rep}
+        outcome = bench.run(workload, peer, "p50 (ms)", spec, label, tolerate_failures=True)
+        if not outcome:
+            continue
+        result = outcome[0]
+        latencies = [seconds * 1000 for seconds in result["latencies"]]
+        if len(latencies) < 2:
+            bench.results.fail(workload, label, "p50 (ms)", f"only {len(latencies)} logins succeeded")
+            continue
+        bench.results.add(workload, label, "p50 (ms)", statistics.median(latencies))
+        bench.results.add(workload, label, "p99 (ms)", statistics.quantiles(latencies, n=100)[98])
+        bench.results.add(workload, label, "failures", result["failures"])
+
+
+def run_all(bench: Bench, peer: Peer) -> None:
+    """Every workload against one started peer, in the table's order."""
+    steps: list[tuple[str, Callable[[], None]]] = [
+        (bench.plan.big_get, lambda: big_get(bench, peer)),
+        (bench.plan.big_put, lambda: big_put(bench, peer)),
+    ]
+    if peer.kind == "sockftp":
+        steps.append((bench.plan.big_put_again, lambda: big_put_again(bench, peer)))
+    for direction in ("put", "get"):
+        for workers in (1, 4):
+            steps.append(
+                (
+                    bench.plan.batch(direction, workers),
+                    lambda d=direction, w=workers: batch(bench, peer, d, w),
+                )
+            )
+    for workload, step in ((bench.plan.concurrent, concurrent), (bench.plan.logins_label, logins)):
+        for label, client in peer.login_variants():
+            steps.append((workload, lambda s=step, n=label, c=client: s(bench, peer, n, c)))
+    for workload, step in steps:
+        print(f"  {peer.name}: {workload}", flush=True)
+        step()
+
+
+# -- targets ----------------------------------------------------------------------
+
+
+def judge_targets(results: Results, plan: Plan, ours: str, peers: list[str]) -> list[Target]:
+    md5 = results.limit("md5")
+    targets = [
+        _rate_target(results, plan.big_get, ours, "verified get >= 0.85 x MD5", 0.85, md5),
+        _rate_target(results, plan.big_put, ours, "fresh put >= 0.85 x MD5 / 2", 0.425, md5),
+        _repeat_target(results, plan, ours),
+        _batch_target(results, plan, ours, peers),
+        _concurrent_target(results, plan, ours),
+        _big_rss_target(results, plan, ours),
+    ]
+    return targets
+
+
+def _rate_target(
+    results: Results, workload: str, ours: str, name: str, factor: float, md5: float | None
+) -> Target:
+    rate = results.median(workload, ours, RATE)
+    if rate is None or not md5:
+        return Target(f"{workload}: {name}", None, "not measured")
+    need = factor * md5
+    return Target(f"{workload}: {name}", rate >= need, f"{rate:.0f} MiB/s vs {need:.0f} needed")
+
+
+def _repeat_target(results: Results, plan: Plan, ours: str) -> Target:
+    name = f"{plan.big_put_again}: sends no bytes"
+    sent = results.figures.get((plan.big_put_again, ours, "bytes sent"))
+    if sent is None or not sent.values:
+        return Target(name, None, "not measured")
+    seconds = results.median(plan.big_put_again, ours, "seconds")
+    return Target(name, max(sent.values) == 0, f"bytes sent {sent.values}, {seconds:.2f} s each (median)")
+
+
+def _batch_target(results: Results, plan: Plan, ours: str, peers: list[str]) -> Target:
+    name = f"{plan.batch('put', 4)}: >= 2 x the best peer's files/s"
+    rate = results.median(plan.batch("put", 4), ours, FILES_RATE)
+    best = [
+        (results.median(plan.batch("put", workers), peer, FILES_RATE) or 0, peer, workers)
+        for peer in peers
+        for workers in (1, 4)
+    ]
+    best_rate, best_peer, best_workers = max(best, default=(0, "", 0))
+    if rate is None or not best_rate:
+        return Target(name, None, "not measured")
+    detail = f"{rate:.0f} files/s vs 2 x {best_rate:.0f} ({best_peer}, {best_workers} conn)"
+    return Target(name, rate >= 2 * best_rate, detail)
+
+
+def _concurrent_target(results: Results, plan: Plan, ours: str) -> Target:
+    name = f"{plan.concurrent}: no failures, server RSS < {RSS_BUDGET_MIB} MiB"
+    failures = results.figures.get((plan.concurrent, ours, "failures"))
+    rss = results.figures.get((plan.concurrent, ours, SERVER_RSS))
+    if failures is None or not failures.values or rss is None:
+        return Target(name, None, "not measured")
+    met = max(failures.values) == 0 and not failures.errors and max(rss.values) < RSS_BUDGET_MIB
+    return Target(name, met, f"failures {failures.values}, peak RSS {max(rss.values):.0f} MiB (worst rep)")
+
+
+def _big_rss_target(results: Results, plan: Plan, ours: str) -> Target:
+    name = f"{size_label(plan.big)} get and put: server RSS < {RSS_BUDGET_MIB} MiB"
+    peaks = [
+        max(figure.values)
+        for workload in (plan.big_get, plan.big_put)
+        if (figure := results.figures.get((workload, ours, SERVER_RSS))) and figure.values
+    ]
+    if len(peaks) < 2:
+        return Target(name, None, "not measured")
+    return Target(name, max(peaks) < RSS_BUDGET_MIB, f"peak {max(peaks):.0f} MiB (worst rep)")
