@@ -293,8 +293,8 @@ class Client:
         """
         started = time.monotonic()
         local = Path(local)
-        with _DownloadLock(local):
-            held, partial = self._find_partial(local)
+        with _DownloadLock(local) as lock:
+            held, partial = self._find_partial(local) if lock.inherited else (0, None)
             if partial is not None and held > 0:
                 try:
                     header = self._get_header(remote, held)
@@ -313,8 +313,10 @@ class Client:
                 partial.unlink()
                 held, header = 0, self._get_header(remote, 0)
                 size, md5 = header["size"], header["md5"]
-            partial = local.parent / _partial_name(local, md5)
-            with self._wire(), open(partial, "a+b") as file:
+            partial = lock.partial = local.parent / _partial_name(local, md5)
+            # Append only to a partial file found above; anything else under this name is
+            # not known to be a prefix of this download.
+            with self._wire(), open(partial, "a+b" if held else "w+b") as file:
                 digest = new_md5(size - held, md5_of(file, held))
                 try:
                     self.stream.send({"op": "ack"})
@@ -433,22 +435,37 @@ class Client:
 
 class _DownloadLock:
     """An exclusive lock on one download target, so two downloads to the same name
-    (in this process or another) never write one partial file at once."""
+    (in this process or another) never write one partial file at once.
+
+    The lock file also marks an interrupted download: it is removed when a download
+    ends without leaving a partial file, and stays when one is left for a resume (or
+    when the process dies). Only a download that finds it `inherited` looks for a
+    partial file, so a batch into a large folder does not list the folder per file.
+    """
 
     def __init__(self, local: Path) -> None:
         self.path = local.parent / f"{_partial_name(local, 'lock')}"
+        self.partial: Path | None = None  # set by the download once it writes one
+        self.inherited = False
 
     def __enter__(self) -> _DownloadLock:
-        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except FileExistsError:
+            self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+            self.inherited = True
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            if os.stat(self.path).st_ino != os.fstat(self.fd).st_ino:
+                raise BlockingIOError  # its holder removed it between our open and flock
+        except (BlockingIOError, FileNotFoundError):
             os.close(self.fd)
             raise OSError(errno.EBUSY, "another download to this name is in progress") from None
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        os.unlink(self.path)
+        if self.partial is None or not self.partial.exists():
+            os.unlink(self.path)
         os.close(self.fd)
 
 

@@ -110,22 +110,57 @@ def test_put_resumes_an_upload_cut_off_mid_data(client, server, tmp_path):
     assert (server.root / "f").read_bytes() == data
 
 
+def leave_partial(target: Path, md5_hex: str, data: bytes) -> None:
+    """What an interrupted download leaves beside its target: the partial file and its lock file."""
+    (target.parent / _partial_name(target, md5_hex)).write_bytes(data)
+    (target.parent / _partial_name(target, "lock")).touch()
+
+
 def test_get_resumes_from_a_partial_download(client, server, tmp_path):
     data = os.urandom(1_000_000)
     (server.root / "f").write_bytes(data)
     target = tmp_path / "f"
-    (tmp_path / _partial_name(target, md5(data))).write_bytes(data[:600_000])
+    leave_partial(target, md5(data), data[:600_000])
     transfer = client.get("/f", target)
     assert transfer.sent == 400_000
     assert target.read_bytes() == data
     assert not list(tmp_path.glob(".sockftp-get-*"))
 
 
+def test_a_get_cut_off_leaves_a_partial_that_the_next_get_resumes(scripted, client, server, tmp_path):
+    data = os.urandom(1_000_000)
+    (server.root / "f").write_bytes(data)
+
+    def script(stream: FrameStream) -> None:
+        stream.recv()
+        stream.send({"ok": True, "offset": 0, "size": len(data), "md5": md5(data)})
+        stream.recv()  # the ack
+        stream.sock.sendall(data[:300_000])
+
+    port = scripted(script)
+    with Client("127.0.0.1", port, timeout=10) as c, pytest.raises(OSError):
+        c.get("/f", tmp_path / "f")
+    assert not (tmp_path / "f").exists()
+    assert client.get("/f", tmp_path / "f").sent == 700_000
+    assert (tmp_path / "f").read_bytes() == data and not list(tmp_path.glob(".sockftp-get-*"))
+
+
+def test_a_stray_file_under_the_partial_name_is_not_resumed(client, server, tmp_path):
+    """Without the lock file an interrupted download leaves, a file under the partial
+    name is no known prefix of the download: it is overwritten, never appended to."""
+    data = os.urandom(10_000)
+    (server.root / "f").write_bytes(data)
+    target = tmp_path / "f"
+    (tmp_path / _partial_name(target, md5(data))).write_bytes(b"not a prefix")
+    assert client.get("/f", target).sent == 10_000
+    assert target.read_bytes() == data and not list(tmp_path.glob(".sockftp-get-*"))
+
+
 def test_a_partial_download_of_another_version_is_discarded(client, server, tmp_path):
     data = os.urandom(1_000)
     (server.root / "f").write_bytes(data)
     target = tmp_path / "f"
-    (tmp_path / _partial_name(target, md5(b"old version"))).write_bytes(b"old ")
+    leave_partial(target, md5(b"old version"), b"old ")
     transfer = client.get("/f", target)
     assert transfer.sent == 1_000 and target.read_bytes() == data
     assert not list(tmp_path.glob(".sockftp-get-*"))
@@ -233,8 +268,11 @@ def test_short_data_from_the_server_leaves_no_file_under_the_target_name(scripte
         client.get("/f", tmp_path / "f")
     assert client.closed
     assert not (tmp_path / "f").exists()
-    (partial,) = tmp_path.glob(".sockftp-get-*")  # kept, to resume from
-    assert partial.read_bytes() == b"x" * 400
+    # kept to resume from, with the lock file that tells the next get to look for it
+    lock, partial = sorted(
+        tmp_path.glob(".sockftp-get-*"), key=lambda p: p.name.endswith("-lock"), reverse=True
+    )
+    assert lock.name.endswith("-lock") and partial.read_bytes() == b"x" * 400
 
 
 def test_busy_greeting_raises_busy(scripted):
@@ -278,7 +316,7 @@ def test_a_get_header_with_a_bad_offset_is_refused(scripted, tmp_path):
 def test_a_partial_download_longer_than_the_remote_file_is_dropped(client, server, tmp_path):
     (server.root / "f").write_bytes(b"short")
     target = tmp_path / "f"
-    (tmp_path / _partial_name(target, md5(b"an older, much longer version"))).write_bytes(b"x" * 1000)
+    leave_partial(target, md5(b"an older, much longer version"), b"x" * 1000)
     assert client.get("/f", target).sent == 5
     assert target.read_bytes() == b"short" and not list(tmp_path.glob(".sockftp-get-*"))
 
