@@ -26,6 +26,7 @@ SERVER_RSS = "server peak RSS (MiB)"
 CLIENT_RSS = "client peak RSS (MiB)"
 RATE = f"rate ({THROUGHPUT})"
 FILES_RATE = "files/s"
+DURABLE_LIMIT = f"durable small-file writes, {limits.DURABLE_THREADS} threads ({FILES_RATE})"
 
 
 def size_label(size: int) -> str:
@@ -143,7 +144,7 @@ class Bench:
 
 
 def measure_limits(bench: Bench) -> None:
-    """The three limits, `reps` times each, after one unrecorded warm-up round."""
+    """The limits, `reps` times each, after one unrecorded warm-up round."""
     sink = bench.fresh_scratch() / "limit.bin"
     source = bench.data / "get" / "big.bin"
     measures: dict[str, Callable[[], float]] = {
@@ -157,6 +158,12 @@ def measure_limits(bench: Bench) -> None:
             rate = measure()
             if rep > 0:
                 bench.results.add(LIMIT_WORKLOAD, "-", f"{LIMITS[key]} ({THROUGHPUT})", rate)
+        bench.deadline.check()
+        rate = limits.durable_files_rate(
+            sink.parent / "durable", bench.plan.small_count, bench.plan.small_size
+        )
+        if rep > 0:
+            bench.results.add(LIMIT_WORKLOAD, "-", DURABLE_LIMIT, rate)
 
 
 # -- workloads --------------------------------------------------------------------
@@ -339,6 +346,9 @@ def _batch_target(results: Results, plan: Plan, ours: str, peers: list[str]) -> 
     if rate is None or not best_rate:
         return Target(name, None, "not measured")
     detail = f"{rate:.0f} files/s vs 2 x {best_rate:.0f} ({best_peer}, {best_workers} conn)"
+    durable = results.median(LIMIT_WORKLOAD, "-", DURABLE_LIMIT)
+    if durable:
+        detail += f"; durable writes alone: {durable:.0f} files/s"
     return Target(name, rate >= 2 * best_rate, detail)
 
 
