@@ -363,7 +363,7 @@ class Client:
 
         if progress is not None:
             progress(done, size)
-        self.stream.recv_data(size - done, consume)
+        self.stream.recv_data(size - done, consume, space=digest.space)
 
     @staticmethod
     def _find_partial(local: Path) -> tuple[int, Path | None]:

@@ -73,20 +73,33 @@ class BackgroundMD5:
             self._digest.update(memoryview(buffer)[:length])
             self._free.put(buffer)
 
+    def space(self) -> memoryview | None:
+        """Where the next bytes may be received so that hashing them copies nothing:
+        the free part of the buffer being filled (None when hashing in line). Pass
+        what was received there, from its start, to `update()` before asking again."""
+        if self._thread is None:
+            return None
+        return memoryview(self._current)[self._filled :]
+
     def update(self, data: memoryview | bytes) -> None:
         if self._thread is None:
             self._digest.update(data)
             return
         view = memoryview(data)
+        if view.obj is self._current:  # received into space(): already in place
+            self._advance(len(view))
+            return
         while view:
-            room = len(self._current) - self._filled
-            taken = min(room, len(view))
+            taken = min(len(self._current) - self._filled, len(view))
             self._current[self._filled : self._filled + taken] = view[:taken]
-            self._filled += taken
             view = view[taken:]
-            if self._filled == len(self._current):
-                self._full.put((self._current, self._filled))
-                self._current, self._filled = self._free.get(), 0
+            self._advance(taken)
+
+    def _advance(self, count: int) -> None:
+        self._filled += count
+        if self._filled == len(self._current):
+            self._full.put((self._current, self._filled))
+            self._current, self._filled = self._free.get(), 0
 
     def hexdigest(self) -> str:
         if self._thread is not None and self._thread.is_alive():

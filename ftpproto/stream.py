@@ -73,26 +73,32 @@ class FrameStream:
             self._decoder.feed(memoryview(self._control)[:received])
 
     def recv_data(
-        self, count: int, consume: Callable[[memoryview], object], chunk_size: int = BUFFER_SIZE
+        self,
+        count: int,
+        consume: Callable[[memoryview], object],
+        chunk_size: int = BUFFER_SIZE,
+        space: Callable[[], memoryview | None] | None = None,
     ) -> None:
         """Read exactly `count` raw bytes, handing each chunk (at most `chunk_size`) to `consume`.
 
-        The chunk is a view into a reused buffer: `consume` must use it
-        before returning. Raises `ShortReadError` if the stream ends early.
+        Chunks are received into a reused buffer of the stream's own, or into
+        what `space()` offers when it offers something (so that a consumer can
+        take them without a copy). `consume` must use each chunk before
+        returning. Raises `ShortReadError` if the stream ends early.
         """
         if self._data is None:
             self._data = memoryview(bytearray(self._buffer_size))
-        chunk_size = min(chunk_size, len(self._data))
         remaining = count
         if self._decoder.buffered and remaining:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
         while remaining:
-            received = self.sock.recv_into(self._data, min(remaining, chunk_size))
+            target = (space and space()) or self._data
+            received = self.sock.recv_into(target, min(remaining, chunk_size, len(target)))
             if not received:
                 raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
-            consume(self._data[:received])
+            consume(target[:received])
             remaining -= received
 
     def send_file(

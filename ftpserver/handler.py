@@ -220,9 +220,10 @@ class Session(socketserver.BaseRequestHandler):
             self.request.settimeout(self.limits.stall_timeout)
             try:
                 if limiter is None:
-                    self.stream.recv_data(count, upload.write)
+                    self.stream.recv_data(count, upload.write, space=upload.digest.space)
                 else:
-                    self.stream.recv_data(count, _throttled(upload.write, limiter), limiter.CHUNK)
+                    write = _throttled(upload.write, limiter)
+                    self.stream.recv_data(count, write, limiter.CHUNK, space=upload.digest.space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()

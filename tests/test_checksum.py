@@ -23,6 +23,26 @@ def test_any_chunking_gives_the_md5_of_the_whole(threaded, chunk):
     assert digest.hexdigest() == hashlib.md5(DATA).hexdigest()
 
 
+@pytest.mark.parametrize("chunk", [997, 65536, HASH_CHUNK + 1])
+def test_bytes_received_in_place_mixed_with_copied_ones_give_the_md5_of_the_whole(chunk):
+    """What recv_data does: fill the digest's own space, or pass bytes from elsewhere."""
+    digest = BackgroundMD5()
+    view, done, step, in_place = memoryview(DATA), 0, 0, 0
+    while done < len(DATA):  # each step passes at least one byte
+        space = digest.space()
+        count = min(chunk, len(space), len(DATA) - done)
+        if step % 3:  # two chunks in three arrive where the hash thread reads them
+            space[:count] = view[done : done + count]
+            digest.update(space[:count])
+            in_place += count
+        else:
+            digest.update(view[done : done + count])
+        done, step = done + count, step + 1
+    assert in_place > len(DATA) // 2
+    assert digest.hexdigest() == hashlib.md5(DATA).hexdigest()
+    assert BackgroundMD5(threaded=False).space() is None
+
+
 def test_it_continues_from_a_prefix_and_stops_early_on_close():
     start = hashlib.md5(DATA[:100])
     digest = BackgroundMD5(start)
