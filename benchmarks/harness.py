@@ -253,6 +253,19 @@ def machine_info() -> dict:
     }
 
 
+def filesystem_of(path: Path) -> str:
+    """`path` and the type of the filesystem it is on ("/tmp (ext4)")."""
+    path = path.resolve()
+    best, kind = Path("/"), "unknown"
+    for line in Path("/proc/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            mount = Path(fields[1])
+            if (mount == path or mount in path.parents) and len(mount.parts) >= len(best.parts):
+                best, kind = mount, fields[2]
+    return f"{path} ({kind})"
+
+
 def source_version() -> str:
     """The sockftp commit measured (`git describe --always --dirty`), or "unknown"."""
     try:

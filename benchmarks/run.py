@@ -30,6 +30,7 @@ from harness import (
     CpuShare,
     Deadline,
     DeadlineError,
+    filesystem_of,
     link_tree,
     machine_info,
     source_version,
@@ -60,12 +61,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json-out", type=Path, default=HERE / "results.json", help="where to write the figures"
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp"),
+        help="where the test data, the servers' storage and the downloads live (default: /tmp;"
+        " /dev/shm measures without the disk, given about 5 GB of memory)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.peers.split(",")) - set(PEER_NAMES)
     if unknown:
         parser.error(f"unknown peers: {', '.join(sorted(unknown))} (choose from {', '.join(PEER_NAMES)})")
     if args.reps is not None and not 1 <= args.reps <= 20:
         parser.error("--reps must be between 1 and 20")
+    if not args.workdir.is_dir():
+        parser.error(f"--workdir {args.workdir}: not a directory")
     return args
 
 
@@ -141,7 +151,7 @@ def run(args: argparse.Namespace, plan: Plan, results: Results, root: Path) -> l
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = build_plan(args)
-    machine = machine_info()
+    machine = {**machine_info(), "workdir": filesystem_of(args.workdir)}
     load_before = os.getloadavg()[0]
     print(f"machine: {machine}", flush=True)
     if load_before > BUSY_LOAD:
@@ -151,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     version = source_version()
     started = time.monotonic()
     cpu = CpuShare()
-    root = Path(tempfile.mkdtemp(prefix="sockftp-bench-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="sockftp-bench-", dir=args.workdir))
     try:
         ran = run(args, plan, results, root)
     finally:
