@@ -295,6 +295,7 @@ class Client:
         local = Path(local)
         with _DownloadLock(local) as lock:
             held, partial = self._find_partial(local) if lock.inherited else (0, None)
+            lock.partial = partial  # kept marked for a later get if this one fails early
             if partial is not None and held > 0:
                 try:
                     header = self._get_header(remote, held)
@@ -307,6 +308,8 @@ class Client:
             size, md5 = header["size"], header["md5"]
             if skip_identical and _same_file(local, size, md5):
                 self.stream.send({"op": "cancel"})
+                if partial is not None:
+                    partial.unlink()  # the target already holds the file
                 return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
             if partial is not None and partial.name != _partial_name(local, md5):
                 self.stream.send({"op": "cancel"})  # the partial file is of another version
@@ -325,6 +328,8 @@ class Client:
                     os.fsync(file.fileno())
                 except BaseException:
                     digest.close()
+                    if file.tell() == 0:  # nothing held, nothing received: nothing to resume
+                        partial.unlink(missing_ok=True)
                     raise
             if digest.hexdigest() != md5:
                 partial.unlink()
@@ -464,9 +469,14 @@ class _DownloadLock:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.partial is None or not self.partial.exists():
-            os.unlink(self.path)
-        os.close(self.fd)
+        try:
+            if self.partial is None or not self.partial.exists():
+                # Only our own lock file: someone may have deleted it and another download made a new one.
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                        os.unlink(self.path)
+        finally:
+            os.close(self.fd)
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:

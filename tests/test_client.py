@@ -344,3 +344,52 @@ def test_two_downloads_to_one_name_at_once_do_not_share_a_partial(client, server
     with _DownloadLock(tmp_path / "f"), pytest.raises(OSError, match="another download"):
         client.get("/f", tmp_path / "f")
     assert client.get("/f", tmp_path / "f").sent == 4
+
+
+def test_a_get_that_fails_before_its_data_keeps_the_partial_marked_for_the_next(client, server, tmp_path):
+    data = os.urandom(1_000_000)
+    target = tmp_path / "f"
+    leave_partial(target, md5(data), data[:600_000])
+    with pytest.raises(NotFoundError):  # the remote file is away for a moment
+        client.get("/f", target)
+    (server.root / "f").write_bytes(data)
+    assert client.get("/f", target).sent == 400_000
+    assert target.read_bytes() == data and not list(tmp_path.glob(".sockftp-get-*"))
+
+
+def test_a_skipped_get_removes_a_partial_of_another_version(client, server, tmp_path):
+    data = os.urandom(10_000)
+    (server.root / "f").write_bytes(data)
+    target = tmp_path / "f"
+    target.write_bytes(data)
+    leave_partial(target, md5(b"other version"), b"old")
+    assert client.get("/f", target).skipped
+    assert not list(tmp_path.glob(".sockftp-get-*"))
+
+
+def test_a_get_cut_off_before_any_data_leaves_nothing_behind(scripted, tmp_path):
+    data = os.urandom(1000)
+
+    def script(stream: FrameStream) -> None:
+        stream.recv()
+        stream.send({"ok": True, "offset": 0, "size": len(data), "md5": md5(data)})
+        stream.recv()  # the ack; then the server hangs up
+
+    port = scripted(script)
+    with Client("127.0.0.1", port, timeout=10) as c, pytest.raises(OSError):
+        c.get("/f", tmp_path / "f")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_lock_file_deleted_during_a_get_does_not_fail_it(client, server, tmp_path):
+    data = os.urandom(100_000)
+    (server.root / "f").write_bytes(data)
+    target = tmp_path / "f"
+
+    def progress(done: int, total: int) -> None:
+        (tmp_path / _partial_name(target, "lock")).unlink(missing_ok=True)
+
+    open_fds = len(os.listdir("/proc/self/fd"))
+    assert client.get("/f", target, progress=progress).sent == len(data)
+    assert target.read_bytes() == data
+    assert len(os.listdir("/proc/self/fd")) == open_fds
