@@ -450,7 +450,7 @@ class _DownloadLock:
 
     def __init__(self, local: Path) -> None:
         self.path = local.parent / f"{_partial_name(local, 'lock')}"
-        self.partial: Path | None = None  # set by the download once it writes one
+        self.partial: Path | None = None  # the download's partial file, once it has one
         self.inherited = False
 
     def __enter__(self) -> _DownloadLock:

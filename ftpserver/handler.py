@@ -30,6 +30,7 @@ from ftpproto import (
     TimedOutError,
 )
 from ftpproto.messages import op_spec, parse_args
+from ftpproto.stream import BUFFER_SIZE
 
 from .auth import verify_password
 
@@ -219,11 +220,12 @@ class Session(socketserver.BaseRequestHandler):
             limiter = self.server.rate_limiter(self.account)
             self.request.settimeout(self.limits.stall_timeout)
             try:
-                if limiter is None:
-                    self.stream.recv_data(count, upload.write, space=upload.digest.space)
-                else:
-                    write = _throttled(upload.write, limiter)
-                    self.stream.recv_data(count, write, limiter.CHUNK, space=upload.digest.space)
+                write, chunk = (
+                    (upload.write, BUFFER_SIZE)
+                    if limiter is None
+                    else (_throttled(upload.write, limiter), limiter.CHUNK)
+                )
+                self.stream.recv_data(count, write, chunk, space=upload.digest.space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()
