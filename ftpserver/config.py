@@ -80,6 +80,7 @@ class ServerConfig:
     anonymous: Account | None
     limits: Limits
     log_level: str = "info"
+    storage_backend: str = "local"
     tls: ssl.SSLContext | None = field(default=None, repr=False)
 
 
@@ -182,9 +183,7 @@ def load_config(path: str | Path) -> ServerConfig:
     if port > 65535:
         raise listen.error("port", "must be at most 65535")
 
-    root = (base / top.get("storage", str, "storage")).resolve()
-    if not root.is_dir():
-        raise top.error("storage", f"{root} is not a directory")
+    backend, root = _storage(top, base)
 
     anon = top.section("anonymous")
     anon.only("enabled", "home", "permissions", "quota", "bandwidth")
@@ -229,8 +228,27 @@ def load_config(path: str | Path) -> ServerConfig:
         anonymous=anonymous,
         limits=limits,
         log_level=log_level,
+        storage_backend=backend,
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
+
+
+def _storage(top: _Section, base: Path) -> tuple[str, Path]:
+    """`storage: PATH` (the local backend's shorthand) or `storage: {backend: local, root: PATH}`."""
+    if isinstance(top.data.get("storage"), dict):
+        section = top.section("storage")
+        section.only("backend", "root")
+        backend = section.get("backend", str, "local")
+        if backend != "local":
+            raise section.error("backend", f"unknown backend {backend!r} (expected: local)")
+        where, key = section.get("root", str, "storage"), section
+        name = "root"
+    else:
+        backend, where, key, name = "local", top.get("storage", str, "storage"), top, "storage"
+    root = (base / where).resolve()
+    if not root.is_dir():
+        raise key.error(name, f"{root} is not a directory")
+    return backend, root
 
 
 def _tls_context(section: _Section, base: Path) -> ssl.SSLContext:

@@ -225,7 +225,7 @@ class Session(socketserver.BaseRequestHandler):
                     if limiter is None
                     else (_throttled(upload.write, limiter), limiter.CHUNK)
                 )
-                self.stream.recv_data(count, write, chunk, space=upload.digest.space)
+                self.stream.recv_data(count, write, chunk, space=upload.space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()

@@ -23,7 +23,7 @@ from ftpproto.pacing import RateLimiter
 
 from .config import Account, ServerConfig
 from .handler import Session
-from .storage import Storage
+from .storage import open_storage
 
 __all__ = ["FileServer", "version"]
 
@@ -45,7 +45,7 @@ class FileServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.storage = Storage(config.storage_root, config.limits.max_file_size)
+        self.storage = open_storage(config)
         self.version = version()
         self.stopping = False
         self._lock = threading.Lock()
@@ -204,4 +204,4 @@ class FileServer(socketserver.ThreadingTCPServer):
             while self._sessions and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.server_close()
-        self.storage.checksums.close()
+        self.storage.close()

@@ -28,14 +28,14 @@ def imported_packages(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(OURS))
 def test_dependency_rule(package):
-    files = list((ROOT / package).glob("*.py"))
+    files = list((ROOT / package).rglob("*.py"))
     assert files
     for path in files:
         assert imported_packages(path) <= ALLOWED[package], path
 
 
 def test_only_progress_imports_tqdm():
-    users = [p.name for pkg in OURS for p in (ROOT / pkg).glob("*.py") if "tqdm" in imported_names(p)]
+    users = [p.name for pkg in OURS for p in (ROOT / pkg).rglob("*.py") if "tqdm" in imported_names(p)]
     assert users == ["progress.py"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 from pathlib import Path
 
@@ -9,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ftpproto import BadRequestError, ForbiddenError, FrameDecoder, encode_frame, split_path
+from ftpproto import BadRequestError, ForbiddenError, FrameDecoder, ProtocolError, encode_frame, split_path
 from ftpserver.config import Account
-from ftpserver.storage import Storage
+from ftpserver.storage import LocalStorage, Snapshot
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
@@ -50,29 +52,39 @@ def test_split_path_never_climbs(path):
     assert all(part not in ("", ".", "..") and "/" not in part for part in parts)
 
 
+SECRET = b"outside the home"
+
+
 @pytest.fixture(scope="module")
-def home_with_links(tmp_path_factory) -> tuple[Storage, Account, Path]:
+def home_with_links(tmp_path_factory) -> tuple[LocalStorage, Account, Path]:
     root = tmp_path_factory.mktemp("root")
     outside = tmp_path_factory.mktemp("outside")
+    (outside / "secret").write_bytes(SECRET)
     home = root / "home"
     (home / "a" / "b").mkdir(parents=True)
     os.symlink(outside, home / "out")
     os.symlink(outside, home / "a" / "out")
-    os.symlink(home / "a", home / "link")
+    os.symlink(home / "a", home / "link")  # absolute: never followed
     os.symlink("../..", home / "a" / "b" / "link")
+    os.symlink("b/..", home / "a" / "up")
     account = Account("user", home.resolve(), "rw")
-    return Storage(root), account, home.resolve()
+    return LocalStorage(root.resolve()), account, outside
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=300)
 @given(path_text)
-def test_no_path_ever_resolves_outside_the_home(home_with_links, path):
-    storage, account, home = home_with_links
-    for follow in (True, False):
+def test_no_path_ever_reaches_outside_the_home(home_with_links, path):
+    storage, account, outside = home_with_links
+    for read in (storage.stat, storage.list, storage.open_snapshot):
         try:
-            _, real = storage.resolve(account, path, follow=follow)
-        except (BadRequestError, ForbiddenError):
+            result = read(account, path)
+        except ProtocolError:
             continue
-        # Without follow, the last name may be a link (rm removes the link): its folder must be inside.
-        checked = Path(os.path.realpath(real if follow or real == home else real.parent))
-        assert checked == home or home in checked.parents
+        if isinstance(result, Snapshot):
+            with result.file:
+                assert result.file.read() != SECRET
+        else:
+            assert "secret" not in repr(result) and hashlib.md5(SECRET).hexdigest() not in repr(result)
+    with contextlib.suppress(ProtocolError):
+        storage.mkdir(account, path, parents=True)
+    assert os.listdir(outside) == ["secret"]

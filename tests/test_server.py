@@ -725,16 +725,16 @@ def test_uploads_running_at_once_cannot_pass_the_quota_together(raw, server):
 
 
 def test_the_checksum_recorded_is_of_the_file_renamed_not_of_what_replaced_it(raw, server, monkeypatch):
-    import ftpserver.storage as storage_module
+    import ftpserver.storage.local as storage_module
 
     real_fsync_dir = storage_module._fsync_dir
     intruder = server.root / "intruder"
     intruder.write_bytes(b"another upload's bytes")
 
-    def another_upload_lands_first(path):  # a second rename onto the name, just after ours
+    def another_upload_lands_first(dir_fd):  # a second rename onto the name, just after ours
         if intruder.exists():
             os.replace(intruder, server.root / "f")
-        real_fsync_dir(path)
+        real_fsync_dir(dir_fd)
 
     monkeypatch.setattr(storage_module, "_fsync_dir", another_upload_lands_first)
     stream = raw()

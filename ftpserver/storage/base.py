@@ -1,0 +1,92 @@
+"""What a session needs from storage, whatever holds the bytes.
+
+`Storage` is the interface every backend implements (the local filesystem
+today, object stores later); the session and the server use nothing else.
+Every method takes the `Account` acting and a virtual path as the client sent
+it, and raises the `ProtocolError` the wire should carry: a backend never
+lets an `OSError` or a library's own exception reach the session.
+"""
+
+from __future__ import annotations
+
+import stat as stat_mod
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from ..config import Account
+
+__all__ = ["Snapshot", "Storage", "Upload", "entry"]
+
+
+def entry(name: str, mode: int, size: int, mtime: float) -> dict:
+    """One `ls`/`stat` entry as the protocol shows it."""
+    is_dir = stat_mod.S_ISDIR(mode)
+    return {"name": name, "type": "dir" if is_dir else "file", "size": 0 if is_dir else size, "mtime": mtime}
+
+
+@dataclass
+class Snapshot:
+    """A file opened for `get`: its bytes never change while it is open, because
+    uploads replace files whole and never write in place."""
+
+    file: BinaryIO
+    size: int
+    md5: str
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Upload(Protocol):
+    """One `put` in progress. `offset` bytes are already held: feed the other
+    `size - offset` to `write()`, then `finish()` or `abort()`, exactly once."""
+
+    offset: int
+
+    def space(self) -> memoryview | None:
+        """Where the next bytes may be received to be hashed without a copy, or None."""
+
+    def write(self, chunk: memoryview) -> None:
+        """Store one chunk. A storage error is kept and raised by `finish()`, so the
+        caller goes on draining the data phase and the connection stays in step."""
+
+    def finish(self) -> None:
+        """Verify the MD5 and make the file visible under its name; raises on any failure,
+        leaving the previous file (if any) as it was."""
+
+    def abort(self) -> None:
+        """Stop without publishing: what arrived is kept for a resume if the quota allows."""
+
+
+class Storage(Protocol):
+    """The operations of a session, on one account's home."""
+
+    def ensure_home(self, account: Account) -> None:
+        """Create the account's home if it is missing, and start counting its usage."""
+
+    def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
+        """The canonical path and its entries sorted by name (one entry for a file)."""
+
+    def stat(self, account: Account, path: str) -> dict:
+        """One entry; a file's carries its `md5`."""
+
+    def open_snapshot(self, account: Account, path: str) -> Snapshot:
+        """Open a regular file for `get`."""
+
+    def begin_upload(
+        self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
+    ) -> Upload:
+        """Check everything a `put` needs (permissions, quota, conflicts) before any
+        data flows, then set up where the bytes go."""
+
+    def mkdir(self, account: Account, path: str, parents: bool) -> None:
+        """Create a directory; with `parents`, missing parents too and no error if it exists."""
+
+    def remove(self, account: Account, path: str) -> None:
+        """Remove a file, or a directory that holds nothing the user can see."""
+
+    def remove_stale_partials(self, max_age: float) -> int:
+        """Delete interrupted uploads untouched for `max_age` seconds; return how many."""
+
+    def close(self) -> None:
+        """Release what the backend holds open."""

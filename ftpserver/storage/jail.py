@@ -1,0 +1,197 @@
+"""Confinement by handles: every access walks from a directory descriptor.
+
+No path string is ever checked and then opened again. `walk()` starts from
+the home's directory descriptor and opens one component at a time with
+`O_NOFOLLOW`, so the kernel never follows a symbolic link for us. A relative
+link met on the way is read with `readlinkat` and its target walked the same
+way, from the directory that holds it, with `..` popping our own stack of
+open directories: a link that climbs above the home, an absolute link and a
+link into the server's own `.sockftp` names are `forbidden`. Whatever is
+renamed or swapped while a walk runs, every step stays below the home's
+descriptor (the approach of Go's `os.Root` and CPython's `_rmtree_safe_fd`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat as stat_mod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ftpproto import ForbiddenError
+from ftpproto.paths import RESERVED_PREFIX
+
+__all__ = [
+    "DIR_FLAGS",
+    "MAX_DEPTH",
+    "MAX_SYMLINKS",
+    "READ_FLAGS",
+    "Place",
+    "files_below",
+    "open_dir",
+    "open_home",
+    "walk",
+]
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Non-blocking, so that a FIFO or device at the name cannot hang the session.
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+MAX_SYMLINKS = 40  # as Linux's MAXSYMLINKS
+MAX_DEPTH = 256  # directories below a home; also bounds the descriptors a walk holds
+
+
+@dataclass
+class Place:
+    """A name inside an open directory: what an operation acts on.
+
+    `parts` is the directory's physical path below the storage root (symbolic
+    links resolved), `name` the entry in it, or "" for the directory itself.
+    The place owns `dir_fd`; close it when done."""
+
+    dir_fd: int
+    parts: tuple[str, ...]
+    name: str
+
+    @property
+    def key(self) -> str:
+        """The entry's physical path below the storage root, as `a/b/c`."""
+        return "/".join((*self.parts, self.name) if self.name else self.parts)
+
+    def close(self) -> None:
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    def __enter__(self) -> Place:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_dir(dir_fd: int, name: str, create: bool = False) -> int:
+    """Open the directory `name` in `dir_fd` without following a link; with `create`,
+    make it first if it is missing (someone else making it at the same moment is fine)."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o777, dir_fd=dir_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+
+
+def open_home(root_fd: int, parts: tuple[str, ...], create: bool = False) -> int:
+    """The descriptor of a home, walked from the root; every component must be a real
+    directory (a home behind a symbolic link is refused, never followed)."""
+    fd = os.dup(root_fd)
+    try:
+        for name in parts:
+            try:
+                child = open_dir(fd, name, create)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ForbiddenError("the home directory is not a real directory on the server") from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def walk(
+    home_fd: int, home: tuple[str, ...], parts: tuple[str, ...], follow: bool, create: bool = False
+) -> Place:
+    """Resolve `parts` below the home open at `home_fd` (taken over: it is closed here or
+    by the returned place). `home` is the home's path below the root.
+
+    The last component is not opened: the caller opens it as it needs. With `follow`,
+    a link at the last component is resolved too; without it, the link itself is
+    the place (for `rm`). With `create`, missing directories on the way are made.
+    Raises `OSError` for what the filesystem refuses, `ForbiddenError` for an escape.
+    """
+    stack: list[tuple[int, tuple[str, ...]]] = [(home_fd, home)]
+    pending = list(reversed(parts))
+    hops = 0
+    try:
+        while pending:
+            name = pending.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) == 1:
+                    raise ForbiddenError("a symbolic link leads outside the home directory")
+                os.close(stack.pop()[0])
+                continue
+            if name.startswith(RESERVED_PREFIX):
+                raise ForbiddenError("a symbolic link leads to the server's own files")
+            fd, where = stack[-1]
+            if not pending and not (follow and _is_symlink(fd, name)):
+                place = Place(fd, where, name)
+                stack.pop()
+                return place
+            if pending:
+                try:
+                    child = open_dir(fd, name, create)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or not _is_symlink(fd, name):
+                        raise
+                else:
+                    if len(stack) > MAX_DEPTH:
+                        os.close(child)
+                        raise ForbiddenError(f"the path is deeper than {MAX_DEPTH} directories")
+                    stack.append((child, (*where, name)))
+                    continue
+            hops += 1
+            if hops > MAX_SYMLINKS:
+                raise ForbiddenError("too many levels of symbolic links")
+            target = os.readlink(name, dir_fd=fd)
+            if target.startswith("/"):
+                raise ForbiddenError("an absolute symbolic link is never followed")
+            pending.extend(reversed(target.split("/")))
+        # The path named the home itself, or a link's target ended on a directory
+        # already open (`sub/..`): the place is that directory, with no name.
+        fd, where = stack.pop()
+        return Place(fd, where, "")
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    try:
+        return stat_mod.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def files_below(
+    dir_fd: int, parts: tuple[str, ...], skip: tuple[str, ...] = (), depth: int = 0
+) -> Iterator[tuple[int, tuple[str, ...], str, os.stat_result]]:
+    """Every regular file below `dir_fd` as (its directory's descriptor, that directory's
+    parts, name, lstat). Links and special files are skipped, never followed; `skip`
+    names directories of the top level to leave out. Holds one descriptor per level."""
+    subdirs = []
+    with os.scandir(dir_fd) as entries:
+        for item in entries:
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError:
+                continue  # vanished meanwhile
+            if stat_mod.S_ISDIR(st.st_mode):
+                if not (depth == 0 and item.name in skip):
+                    subdirs.append(item.name)
+            elif stat_mod.S_ISREG(st.st_mode):
+                yield dir_fd, parts, item.name, st
+    if depth >= 2 * MAX_DEPTH:
+        return
+    for name in subdirs:
+        try:
+            child = open_dir(dir_fd, name)
+        except OSError:
+            continue  # replaced by a link or removed meanwhile: not ours to count
+        try:
+            yield from files_below(child, (*parts, name), (), depth + 1)
+        finally:
+            os.close(child)

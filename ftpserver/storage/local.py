@@ -1,0 +1,812 @@
+"""The local backend: homes are directories below one storage root on this machine.
+
+Every operation opens the account's home from the root's descriptor and
+walks the client's path from there with `jail.walk()`; files are opened
+relative to their directory's descriptor with `O_NOFOLLOW | O_NONBLOCK` and
+checked with `fstat` before use, and rename, link, unlink and mkdir all take
+that descriptor. Nothing resolves a path string and opens it again.
+
+Uploads are atomic and resumable: bytes go to a hidden partial file in the
+destination directory, named after (name, size, md5) so that the same `put`
+after a dropped connection finds it, are hashed as they arrive, fsynced,
+checked against the announced MD5 and only then renamed over the target.
+Whatever sits at a partial name and is not a plain file of ours (a link, a
+FIFO, a socket, a file with a second hard link) is removed, never opened.
+Names starting with `.sockftp` are never listed, served or accepted from a
+client; `.sockftp/` at the top of the root is the server's metadata folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import stat as stat_mod
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from ftpproto import (
+    ChecksumMismatchError,
+    ExistsError,
+    ForbiddenError,
+    InternalError,
+    IsDirectoryError,
+    NotDirectoryError,
+    NotEmptyError,
+    NotFoundError,
+    ProtocolError,
+    QuotaExceededError,
+    TooLargeError,
+    join_path,
+    split_path,
+)
+from ftpproto.checksum import BackgroundMD5, md5_of, new_md5
+from ftpproto.paths import RESERVED_PREFIX
+from ftpproto.writeback import Writeback
+
+from ..config import Account, ConfigError
+from .base import Snapshot, entry
+from .checksums import ChecksumCache
+from .jail import DIR_FLAGS, MAX_DEPTH, READ_FLAGS, Place, files_below, open_dir, open_home, walk
+from .usage import Usage
+
+__all__ = ["LocalStorage", "LocalUpload"]
+
+log = logging.getLogger("ftpserver.storage")
+
+PARTIAL_PREFIX = RESERVED_PREFIX + ".part."  # resumable: named after (name, size, md5)
+TEMP_PREFIX = RESERVED_PREFIX + ".tmp."  # private to one upload, never resumed
+CLAIM_WAIT = 5.0  # seconds a put waits for another session to release its partial file
+METADATA_DIR = RESERVED_PREFIX  # the server's own folder at the top of the storage root
+PATH_MAX = 4096  # a stored file's absolute path stays below this, so every tool can reach it
+WRITE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+_FORBIDDEN = "refused by the server's filesystem"
+_ERRNO_ERRORS: dict[int, tuple[type[ProtocolError], str]] = {
+    errno.ENOENT: (NotFoundError, "no such file or directory"),
+    errno.ENOTDIR: (NotDirectoryError, "a component of the path is not a directory"),
+    errno.EISDIR: (IsDirectoryError, "is a directory"),
+    errno.EEXIST: (ExistsError, "already exists"),
+    errno.ENOTEMPTY: (NotEmptyError, "directory is not empty"),
+    errno.EACCES: (ForbiddenError, "permission denied by the server's filesystem"),
+    errno.EPERM: (ForbiddenError, "permission denied by the server's filesystem"),
+    errno.ENOSPC: (QuotaExceededError, "the server's disk is full"),
+    errno.EDQUOT: (QuotaExceededError, "the server's disk quota is exhausted"),
+    errno.EFBIG: (TooLargeError, "the file is larger than the server can store"),
+    errno.EOVERFLOW: (TooLargeError, "the file is larger than the server can store"),
+    errno.ENAMETOOLONG: (ForbiddenError, "name too long for the server's filesystem"),
+    errno.ELOOP: (ForbiddenError, "a symbolic link where the server follows none"),
+    errno.ENXIO: (ForbiddenError, "not a regular file"),
+    errno.EMLINK: (ForbiddenError, "too many links for the server's filesystem"),
+    errno.EROFS: (ForbiddenError, "the server's filesystem is read-only"),
+    errno.EBUSY: (ForbiddenError, "in use by the server's system"),
+    errno.ETXTBSY: (ForbiddenError, "in use by the server's system"),
+    errno.EXDEV: (ForbiddenError, _FORBIDDEN),
+    errno.EINVAL: (ForbiddenError, _FORBIDDEN),
+    errno.EILSEQ: (ForbiddenError, _FORBIDDEN),
+    errno.EOPNOTSUPP: (ForbiddenError, _FORBIDDEN),
+}
+
+
+@contextlib.contextmanager
+def os_errors(path: str) -> Iterator[None]:
+    """Turn an `OSError` into the protocol error it means, naming only the virtual path."""
+    try:
+        yield
+    except OSError as exc:
+        cls, text = _ERRNO_ERRORS.get(exc.errno or 0, (InternalError, "storage error"))
+        raise cls(f"{_short(path)}: {text}") from exc
+
+
+def _short(path: str) -> str:
+    return path if len(path) <= 200 else f"{path[:100]}...{path[-60:]}"
+
+
+def _valid_utf8(name: str) -> bool:
+    """False for a name made outside sockftp that is not UTF-8: no client could name it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+def _fsync_dir(dir_fd: int) -> None:
+    os.fsync(dir_fd)
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _kind(mode: int) -> str:
+    if stat_mod.S_ISLNK(mode):
+        return "symbolic link"
+    if stat_mod.S_ISFIFO(mode):
+        return "FIFO"
+    if stat_mod.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+@dataclass(eq=False)
+class LocalUpload:
+    """One `put` into a directory of the local backend (see `Upload` in base.py).
+
+    `temp` is where the bytes are: the resumable partial file, a private temp
+    file (an instant-upload link, or a put that found its partial busy), or
+    None when the destination already holds exactly this file. `held` bytes of
+    it were already counted in the home's usage when the upload began."""
+
+    storage: LocalStorage = field(repr=False)
+    account: Account = field(repr=False)
+    home: tuple[str, ...]
+    place: Place
+    path: str
+    size: int
+    md5: str
+    overwrite: bool
+    offset: int
+    temp: str | None = None
+    held: int = 0
+    claim: tuple[int, int, str] | None = None
+    unreserve: Callable[[], None] = field(default=_nothing, repr=False)
+    file: BinaryIO | None = field(default=None, repr=False)  # open while bytes are to come
+    digest: BackgroundMD5 | None = field(default=None, repr=False)
+    writeback: Writeback | None = field(default=None, repr=False)
+    temp_stat: os.stat_result | None = field(default=None, repr=False)  # what lands under the name
+    error: ProtocolError | None = field(default=None, repr=False)
+
+    def space(self) -> memoryview | None:
+        return self.digest.space() if self.digest is not None else None
+
+    def write(self, chunk: memoryview) -> None:
+        if self.error is not None or self.file is None:
+            return
+        try:
+            with os_errors(self.path):
+                self.file.write(chunk)
+                if self.writeback is not None:
+                    self.writeback.wrote(len(chunk))
+        except ProtocolError as exc:
+            self.error = exc
+            return
+        if self.digest is not None:
+            self.digest.update(chunk)
+
+    def finish(self) -> None:
+        try:
+            if self.temp is None:
+                return  # the destination already holds this very file
+            if self.file is not None:
+                self._verify_received()
+            self._move_into_place()
+        finally:
+            self.close()
+
+    def abort(self) -> None:
+        try:
+            if self.file is not None and self.temp is not None and not self.temp.startswith(TEMP_PREFIX):
+                self._keep_for_resume()
+        finally:
+            self.close()
+
+    def _verify_received(self) -> None:
+        assert self.file is not None and self.digest is not None
+        if self.error is not None:
+            self._discard()
+            raise self.error
+        with os_errors(self.path):
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            # A rename keeps inode, size and mtime: this is what lands under the name.
+            self.temp_stat = os.fstat(self.file.fileno())
+            self.file.close()
+        if self.digest.hexdigest() != self.md5:
+            self._discard()
+            raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
+
+    def _move_into_place(self) -> None:
+        assert self.temp is not None
+        fd, name, usage = self.place.dir_fd, self.place.name, self.storage.usage
+        with os_errors(self.path), usage.lock:
+            old = _lstat(fd, name)
+            replaced = old.st_size if old is not None and stat_mod.S_ISREG(old.st_mode) else 0
+            if self.overwrite:
+                os.replace(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+            else:  # link, unlike rename, fails if a file appeared there since the checks
+                try:
+                    os.link(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
+                except FileExistsError:
+                    self._discard()
+                    raise ExistsError(f"{self.path}: already exists") from None
+                os.unlink(self.temp, dir_fd=fd)
+                replaced = 0
+            usage.add(self.place.parts, self.size - self.held - replaced)
+        with os_errors(self.path):
+            _fsync_dir(fd)
+        if self.temp_stat is not None:
+            self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
+
+    def _keep_for_resume(self) -> None:
+        """An interrupted upload keeps its partial file for a resume, unless holding it
+        would put the home over its quota: then it goes (the next put starts afresh)."""
+        assert self.file is not None and self.temp is not None
+        usage = self.storage.usage
+        with contextlib.suppress(OSError):
+            self.file.flush()
+            now = os.fstat(self.file.fileno()).st_size
+            with usage.lock:
+                if usage.fits(self.home, self.account.quota, now - self.held):
+                    usage.add(self.place.parts, now - self.held)
+                else:
+                    self._discard()
+
+    def _discard(self) -> None:
+        """Remove the bytes received; the home no longer holds them."""
+        assert self.temp is not None
+        with contextlib.suppress(OSError):
+            os.unlink(self.temp, dir_fd=self.place.dir_fd)
+            self.storage.usage.add(self.place.parts, -self.held)
+        self.held = 0
+
+    def close(self) -> None:
+        """Let go of everything the upload holds (its claim, reservation, descriptors)."""
+        if self.digest is not None:
+            self.digest.close()
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None  # ended: a later abort() or close() does nothing
+        self.unreserve()
+        self.unreserve = _nothing
+        if self.claim is not None:
+            self.storage.unclaim(self.place.dir_fd, self.claim)
+            self.claim = None
+        self.place.close()
+
+
+class LocalStorage:
+    """File operations for accounts whose homes lie below `root` (see `Storage` in base.py)."""
+
+    def __init__(
+        self, root: Path, max_file_size: int | None = None, count_usage_of: Iterable[Path] = ()
+    ) -> None:
+        """Serve the homes below `root`; count the usage of the homes in `count_usage_of`
+        now (those with a quota), so that no put pays for it."""
+        self.root = root.resolve()
+        self.max_file_size = max_file_size
+        self.claim_wait = CLAIM_WAIT
+        self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._meta_fd = self._open_metadata()
+        self.checksums = ChecksumCache(self._metadata_path("checksums.sqlite"))
+        self.usage = Usage(self._count)
+        self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)
+        self._claims: set[tuple[int, int, str]] = set()  # (dev, inode of the directory, name)
+        for home in count_usage_of:
+            self.usage.track(home.relative_to(self.root).parts)
+
+    def _open_metadata(self) -> int:
+        """The server's own folder, private to the server's user: nothing another local
+        account plants in the root can stand in for it."""
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(METADATA_DIR, 0o700, dir_fd=self._root_fd)
+        where = self.root / METADATA_DIR
+        try:
+            fd = os.open(METADATA_DIR, DIR_FLAGS, dir_fd=self._root_fd)
+        except OSError as exc:
+            raise ConfigError(f"{where}: not a directory the server can use ({exc.strerror})") from None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            os.close(fd)
+            raise ConfigError(f"{where}: must belong to the server's user and be writable by it alone")
+        return fd
+
+    def _metadata_path(self, name: str) -> str:
+        """A name in the metadata folder, through its open descriptor where the system allows."""
+        proc = f"/proc/self/fd/{self._meta_fd}"
+        return f"{proc}/{name}" if os.path.isdir(proc) else str(self.root / METADATA_DIR / name)
+
+    def close(self) -> None:
+        self.checksums.close()
+        for fd in (self._meta_fd, self._root_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    @property
+    def uploads_running(self) -> int:
+        """How many uploads hold a partial or temp file right now."""
+        with self._lock:
+            return len(self._claims)
+
+    # -- paths -----------------------------------------------------------------
+
+    def _home(self, account: Account) -> tuple[str, ...]:
+        return account.home.relative_to(self.root).parts
+
+    def _parse(self, account: Account, path: str) -> tuple[str, tuple[str, ...]]:
+        """The canonical virtual path and its parts; paths too deep or too long to store
+        are refused before the disk is touched."""
+        parts = split_path(path)
+        vpath = join_path(parts)
+        if len(parts) > MAX_DEPTH:
+            raise ForbiddenError(f"{_short(vpath)}: deeper than the server allows ({MAX_DEPTH} levels)")
+        if len(os.fsencode(account.home)) + len(vpath.encode()) >= PATH_MAX:
+            raise ForbiddenError(f"{_short(vpath)}: too long for the server's filesystem")
+        return vpath, parts
+
+    def _walk(
+        self, account: Account, vpath: str, parts: tuple[str, ...], follow: bool, create: bool = False
+    ) -> Place:
+        home = self._home(account)
+        with os_errors(vpath):
+            try:
+                return walk(open_home(self._root_fd, home), home, parts, follow, create)
+            except ForbiddenError as exc:
+                raise ForbiddenError(f"{_short(vpath)}: {exc.message}") from None
+
+    def ensure_home(self, account: Account) -> None:
+        with os_errors("/"):
+            os.close(open_home(self._root_fd, self._home(account), create=True))
+        if account.quota is not None:
+            self.usage.track(self._home(account))
+
+    def _count(self, home: tuple[str, ...]) -> int:
+        try:
+            fd = open_home(self._root_fd, home)
+        except (OSError, ProtocolError):
+            return 0
+        try:
+            return sum(st.st_size for _, _, _, st in files_below(fd, home, skip=(METADATA_DIR,)))
+        finally:
+            os.close(fd)
+
+    # -- reading ---------------------------------------------------------------
+
+    @staticmethod
+    def _open(place: Place, vpath: str) -> tuple[int, os.stat_result]:
+        """Open what the place names (never following a link) and fstat it."""
+        with os_errors(vpath):
+            fd = (
+                os.dup(place.dir_fd)
+                if not place.name
+                else os.open(place.name, READ_FLAGS, dir_fd=place.dir_fd)
+            )
+            return fd, os.fstat(fd)
+
+    def _open_file(self, place: Place, vpath: str) -> tuple[BinaryIO, os.stat_result]:
+        """Open what the place names as a file: `is_directory` for a directory."""
+        fd, st = self._open(place, vpath)
+        if stat_mod.S_ISDIR(st.st_mode):
+            os.close(fd)
+            raise IsDirectoryError(f"{vpath}: is a directory")
+        return open(fd, "rb", closefd=True), st
+
+    def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
+        vpath, parts = self._parse(account, path)
+        with self._walk(account, vpath, parts, follow=True) as place:
+            fd, st = self._open(place, vpath)
+            try:
+                if stat_mod.S_ISDIR(st.st_mode):
+                    where = (*place.parts, place.name) if place.name else place.parts
+                    with os_errors(vpath):
+                        return vpath, self._entries(account, fd, where)
+                if not stat_mod.S_ISREG(st.st_mode):
+                    raise ForbiddenError(f"{vpath}: not a regular file")
+                return vpath, [entry(vpath.rsplit("/", 1)[-1], st.st_mode, st.st_size, st.st_mtime)]
+            finally:
+                os.close(fd)
+
+    def _entries(self, account: Account, dir_fd: int, where: tuple[str, ...]) -> list[dict]:
+        """A directory's entries: one fstatat each, whatever the depth; a link is shown
+        as what it leads to if that is inside the home, else left out."""
+        entries = []
+        with os.scandir(dir_fd) as items:
+            for item in items:
+                name = item.name
+                if name.startswith(RESERVED_PREFIX) or not _valid_utf8(name):
+                    continue
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # vanished meanwhile
+                if stat_mod.S_ISLNK(st.st_mode):
+                    st = self._through_link(account, (*where, name))
+                if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
+                    entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
+        return sorted(entries, key=lambda e: e["name"])
+
+    def _through_link(
+        self, account: Account, physical: tuple[str, ...], vpath: str | None = None
+    ) -> os.stat_result | None:
+        """The stat of what a link leads to; None if it is dangling. One that leads out of
+        the home is None too, or with `vpath` (the path the client named) `forbidden`."""
+        home = self._home(account)
+        try:
+            with walk(open_home(self._root_fd, home), home, physical[len(home) :], follow=True) as place:
+                fd, st = self._open(place, "")
+                os.close(fd)
+                return st
+        except ForbiddenError as exc:
+            if vpath is not None:
+                raise ForbiddenError(f"{vpath}: {exc.message}") from None
+            return None
+        except (OSError, ProtocolError):
+            return None
+
+    def stat(self, account: Account, path: str) -> dict:
+        vpath, parts = self._parse(account, path)
+        name = vpath.rsplit("/", 1)[-1]  # the name asked for, also when it is a link
+        with self._walk(account, vpath, parts, follow=True) as place:
+            try:
+                file, st = self._open_file(place, vpath)
+            except IsDirectoryError:
+                fd, st = self._open(place, vpath)
+                os.close(fd)
+                return entry(name, st.st_mode, st.st_size, st.st_mtime)
+            with file:
+                md5 = self._md5(place, vpath, file, st)
+            return {**entry(name, st.st_mode, st.st_size, st.st_mtime), "md5": md5}
+
+    def open_snapshot(self, account: Account, path: str) -> Snapshot:
+        vpath, parts = self._parse(account, path)
+        with self._walk(account, vpath, parts, follow=True) as place:
+            file, st = self._open_file(place, vpath)
+            try:
+                return Snapshot(file, st.st_size, self._md5(place, vpath, file, st))
+            except BaseException:
+                file.close()
+                raise
+
+    def _md5(self, place: Place, vpath: str, file: BinaryIO, st: os.stat_result) -> str:
+        """The MD5 of an open regular file: remembered, or hashed now and remembered."""
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise ForbiddenError(f"{vpath}: not a regular file")
+        md5 = self.checksums.lookup(place.key, st)
+        if md5 is None:
+            with os_errors(vpath):
+                md5 = md5_of(file).hexdigest()
+            self.checksums.record(place.key, st, md5)
+        return md5
+
+    # -- writing ---------------------------------------------------------------
+
+    def begin_upload(
+        self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
+    ) -> LocalUpload:
+        vpath, parts = self._parse(account, path)
+        if not parts:
+            raise IsDirectoryError("/: is a directory")
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
+        home = self._home(account)
+        try:
+            place = self._walk(account, vpath, parts, follow=True)
+        except NotFoundError:
+            if not parents:
+                raise NotFoundError(f"{vpath}: parent directory does not exist") from None
+            self.usage.reserve(home, account.quota, size, vpath)()  # a check only: nothing is made yet
+            place = self._walk(account, vpath, parts, follow=True, create=True)
+        try:
+            if not place.name:
+                raise IsDirectoryError(f"{vpath}: is a directory")
+            replaced, identical = self._existing(place, vpath, size, md5, overwrite)
+        except BaseException:
+            place.close()
+            raise
+        upload = LocalUpload(self, account, home, place, vpath, size, md5, overwrite, offset=size)
+        if identical:
+            return upload
+        try:
+            return self._instant_copy(upload, replaced) or self._resumable(upload, replaced)
+        except BaseException:
+            upload.close()  # a partial file stays as it was, for a later resume
+            raise
+
+    def _existing(self, place: Place, vpath: str, size: int, md5: str, overwrite: bool) -> tuple[int, bool]:
+        """The size of the file the upload would replace (0 if none), and whether it
+        already is this very file."""
+        with os_errors(vpath):
+            st = _lstat(place.dir_fd, place.name)
+        if st is None:
+            return 0, False
+        if stat_mod.S_ISDIR(st.st_mode):
+            raise IsDirectoryError(f"{vpath}: is a directory")
+        if not stat_mod.S_ISREG(st.st_mode):
+            raise ForbiddenError(f"{vpath}: a {_kind(st.st_mode)} is in the way")
+        if st.st_size == size:
+            file, opened = self._open_file(place, vpath)
+            with file:
+                if self._md5(place, vpath, file, opened) == md5:
+                    return st.st_size, True
+        if not overwrite:
+            raise ExistsError(f"{vpath}: already exists")
+        return st.st_size, False
+
+    def _resumable(self, upload: LocalUpload, replaced: int) -> LocalUpload:
+        """Receive into the partial file named after (name, size, md5), resuming what it holds.
+
+        Two sessions uploading the same file at once must not share a partial file. A
+        retry often arrives while the session of the broken attempt is still draining
+        its socket, so wait a little for it to let go; after that the newcomer gets a
+        private, non-resumable file instead."""
+        place, vpath = upload.place, upload.path
+        key = hashlib.sha256(f"{place.name}\0{upload.size}\0{upload.md5}".encode()).hexdigest()[:32]
+        name = f"{PARTIAL_PREFIX}{key}"
+        if not self._claim(place.dir_fd, name, self.claim_wait):
+            name = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+            self._claim(place.dir_fd, name, 0)
+        upload.temp, upload.claim = name, self._claim_key(place.dir_fd, name)
+        with os_errors(vpath):
+            fd, held = self._open_partial(place, name) if name.startswith(PARTIAL_PREFIX) else (None, 0)
+        if fd is not None:
+            upload.file = open(fd, "r+b", closefd=True)  # noqa: SIM115 - owned by the upload
+        if held > upload.size:  # cannot be this upload's: start again
+            with os_errors(vpath):
+                os.ftruncate(fd, 0)
+            self.usage.add(place.parts, -held)
+            held = 0
+        upload.held = held
+        # Checked before a new partial file exists: a refused put leaves nothing behind.
+        growth = upload.size - replaced - held
+        upload.unreserve = self.usage.reserve(upload.home, upload.account.quota, growth, vpath)
+        with os_errors(vpath):
+            if upload.file is None:
+                try:
+                    fd = os.open(name, WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=place.dir_fd)
+                except FileExistsError:
+                    raise ForbiddenError(
+                        f"{vpath}: something keeps appearing at the upload's partial file"
+                    ) from None
+                upload.file = open(fd, "r+b", closefd=True)  # noqa: SIM115 - owned by the upload
+            upload.digest = new_md5(upload.size - held, md5_of(upload.file, held))
+            upload.file.seek(held)
+        upload.offset, upload.writeback = held, Writeback(upload.file, held)
+        return upload
+
+    def _open_partial(self, place: Place, name: str) -> tuple[int | None, int]:
+        """Open the partial file `name` if there is one; return its descriptor (None if
+        there is none) and size.
+
+        The name is ours but the directory may be writable by others: anything there
+        that is not a plain file with a single link is removed unopened, so the upload
+        can never write through it to another file, wait on it, or learn its size."""
+        try:
+            fd = os.open(name, WRITE_FLAGS, dir_fd=place.dir_fd)
+        except FileNotFoundError:
+            return None, 0
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+                raise
+        else:
+            st = os.fstat(fd)
+            if stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                return fd, st.st_size
+            os.close(fd)
+        self._remove_intruder(place, name)
+        return None, 0
+
+    def _remove_intruder(self, place: Place, name: str) -> None:
+        with self.usage.lock:
+            st = _lstat(place.dir_fd, name)
+            if st is None:
+                return
+            if stat_mod.S_ISDIR(st.st_mode):
+                raise ForbiddenError("a directory is in the way of the upload's partial file")
+            os.unlink(name, dir_fd=place.dir_fd)  # never follows: removes the name itself
+            if stat_mod.S_ISREG(st.st_mode):
+                self.usage.add(place.parts, -st.st_size)
+        kind = "file with another link" if stat_mod.S_ISREG(st.st_mode) else _kind(st.st_mode)
+        log.warning("removed a %s planted at %s/%s", kind, place.key or ".", name)
+
+    def _instant_copy(self, upload: LocalUpload, replaced: int) -> LocalUpload | None:
+        """Instant upload: if this user's home already holds a file with this size and
+        MD5, link (or copy) it to a temp file beside the destination; the upload then
+        needs no byte from the network and `finish()` renames it into place.
+
+        A hard link is safe because stored files are only ever replaced by rename,
+        never written in place. Only files inside the user's own home are candidates,
+        so an upload never reveals what other users store."""
+        home = upload.home
+        for key in self.checksums.find(upload.md5, upload.size, "/".join(home)):
+            try:
+                source = walk(open_home(self._root_fd, home), home, tuple(key.split("/"))[len(home) :], False)
+            except (OSError, ProtocolError):
+                continue
+            with source:
+                try:
+                    fd, st = self._open(source, upload.path)
+                except ProtocolError:
+                    continue
+                if not stat_mod.S_ISREG(st.st_mode) or self.checksums.lookup(key, st) != upload.md5:
+                    os.close(fd)
+                    continue
+                with open(fd, "rb", closefd=True) as file:
+                    if self._link_or_copy(upload, source, file, st, replaced):
+                        return upload
+        return None
+
+    def _link_or_copy(
+        self, upload: LocalUpload, source: Place, file: BinaryIO, st: os.stat_result, replaced: int
+    ) -> bool:
+        """Put the bytes of `source` (open as `file`, with stat `st`) at a new temp name
+        beside the destination; True if they are still the ones wanted."""
+        place = upload.place
+        unreserve = self.usage.reserve(upload.home, upload.account.quota, upload.size - replaced, upload.path)
+        temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+        self._claim(place.dir_fd, temp, 0)
+        claim = self._claim_key(place.dir_fd, temp)
+        try:
+            with os_errors(upload.path):
+                linked = self._link(source, place, temp, st) or self._copy(file, place, temp, upload.md5)
+        except BaseException:
+            unreserve()
+            self.unclaim(place.dir_fd, claim)
+            raise
+        if linked is None:
+            unreserve()
+            self.unclaim(place.dir_fd, claim)
+            return False
+        upload.temp, upload.claim, upload.unreserve, upload.temp_stat = temp, claim, unreserve, linked
+        return True
+
+    @staticmethod
+    def _link(source: Place, place: Place, temp: str, st: os.stat_result) -> os.stat_result | None:
+        """Hard-link the source to `temp`; its stat if the link is to the very file we checked."""
+        try:
+            os.link(
+                source.name, temp, src_dir_fd=source.dir_fd, dst_dir_fd=place.dir_fd, follow_symlinks=False
+            )
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EMLINK, errno.EXDEV, errno.EOPNOTSUPP):
+                return None  # links not allowed here: copy instead
+            raise
+        linked = os.stat(temp, dir_fd=place.dir_fd, follow_symlinks=False)
+        same = (linked.st_dev, linked.st_ino, linked.st_size, linked.st_mtime_ns) == (
+            st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+        )  # fmt: skip
+        return linked if same else None
+
+    @staticmethod
+    def _copy(file: BinaryIO, place: Place, temp: str, md5: str) -> os.stat_result | None:
+        """Copy the open source to `temp` (where links are not allowed), verified and fsynced."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp, dir_fd=place.dir_fd)  # a link that did not match
+        fd = os.open(temp, WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=place.dir_fd)
+        with open(fd, "r+b", closefd=True) as copy:
+            file.seek(0)
+            shutil.copyfileobj(file, copy, 1024 * 1024)
+            copy.flush()
+            os.fsync(copy.fileno())
+            if md5_of(copy).hexdigest() != md5:
+                return None
+            return os.fstat(copy.fileno())
+
+    # -- claims: partial and temp files in use by a running upload -------------
+
+    @staticmethod
+    def _claim_key(dir_fd: int, name: str) -> tuple[int, int, str]:
+        st = os.fstat(dir_fd)
+        return st.st_dev, st.st_ino, name
+
+    def _claim(self, dir_fd: int, name: str, wait: float) -> bool:
+        """Mark `name` in the directory as in use; False if another upload kept it for `wait` s."""
+        key = self._claim_key(dir_fd, name)
+        with self._lock:
+            if not self._released.wait_for(lambda: key not in self._claims, wait):
+                return False
+            self._claims.add(key)
+            return True
+
+    def unclaim(self, dir_fd: int, key: tuple[int, int, str]) -> None:
+        """Give a claimed name back; a private temp file is removed (never resumed)."""
+        with self._lock:
+            self._claims.discard(key)
+            self._released.notify_all()
+        if key[2].startswith(TEMP_PREFIX):
+            with contextlib.suppress(OSError):
+                os.unlink(key[2], dir_fd=dir_fd)
+
+    def _claimed_in(self, dir_fd: int) -> bool:
+        st = os.fstat(dir_fd)
+        with self._lock:
+            return any(key[:2] == (st.st_dev, st.st_ino) for key in self._claims)
+
+    # -- directories and removal -----------------------------------------------
+
+    def mkdir(self, account: Account, path: str, parents: bool) -> None:
+        vpath, parts = self._parse(account, path)
+        if not parts:
+            if parents:
+                return
+            raise ExistsError("/: already exists")
+        with self._walk(account, vpath, parts, follow=False, create=parents) as place, os_errors(vpath):
+            try:
+                os.mkdir(place.name, 0o777, dir_fd=place.dir_fd)
+            except FileExistsError:
+                st = _lstat(place.dir_fd, place.name)
+                if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                    st = self._through_link(account, (*place.parts, place.name), vpath)
+                if parents and st is not None and stat_mod.S_ISDIR(st.st_mode):
+                    return  # made meanwhile, perhaps by another `mkdir -p`: that is success
+                raise
+
+    def remove(self, account: Account, path: str) -> None:
+        vpath, parts = self._parse(account, path)
+        if not parts:
+            raise ForbiddenError("/: the home directory cannot be removed")
+        with self._walk(account, vpath, parts, follow=False) as place, os_errors(vpath):
+            st = _lstat(place.dir_fd, place.name)
+            if st is None:
+                raise NotFoundError(f"{vpath}: no such file or directory")
+            if stat_mod.S_ISDIR(st.st_mode):
+                self._remove_dir(place, vpath)
+                return
+            with self.usage.lock:  # a link or special file is removed itself, never followed
+                st = os.stat(place.name, dir_fd=place.dir_fd, follow_symlinks=False)
+                os.unlink(place.name, dir_fd=place.dir_fd)
+                if stat_mod.S_ISREG(st.st_mode):
+                    self.usage.add(place.parts, -st.st_size)
+            self.checksums.forget(place.key)
+
+    def _remove_dir(self, place: Place, vpath: str) -> None:
+        """Remove a directory that holds nothing but abandoned partial uploads."""
+        fd = open_dir(place.dir_fd, place.name)
+        where = (*place.parts, place.name)
+        try:
+            with os.scandir(fd) as items:
+                names = [item.name for item in items]
+            if any(not name.startswith(RESERVED_PREFIX) for name in names):
+                raise NotEmptyError(f"{vpath}: directory is not empty")
+            with self._lock:  # no upload may claim a name in it until it is gone
+                st = os.fstat(fd)
+                if any(key[:2] == (st.st_dev, st.st_ino) for key in self._claims):
+                    raise NotEmptyError(f"{vpath}: an upload into it is in progress")
+                for name in names:
+                    with self.usage.lock:
+                        held = _lstat(fd, name)
+                        if held is not None and not stat_mod.S_ISDIR(held.st_mode):
+                            os.unlink(name, dir_fd=fd)
+                            if stat_mod.S_ISREG(held.st_mode):
+                                self.usage.add(where, -held.st_size)
+                os.rmdir(place.name, dir_fd=place.dir_fd)
+        finally:
+            os.close(fd)
+
+    def remove_stale_partials(self, max_age: float) -> int:
+        cutoff = time.time() - max_age
+        removed = 0
+        fd = os.dup(self._root_fd)
+        try:
+            for dir_fd, where, name, st in files_below(fd, (), skip=(METADATA_DIR,)):
+                if not name.startswith((PARTIAL_PREFIX, TEMP_PREFIX)) or st.st_mtime >= cutoff:
+                    continue
+                key = self._claim_key(dir_fd, name)
+                with self._lock, self.usage.lock:
+                    if key in self._claims:
+                        continue
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=dir_fd)
+                        self.usage.add(where, -st.st_size)
+                        removed += 1
+        finally:
+            os.close(fd)
+        return removed
