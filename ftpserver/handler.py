@@ -86,7 +86,12 @@ class Session(socketserver.BaseRequestHandler):
             if isinstance(self.request, ssl.SSLSocket) and not self.handshake():
                 return
             if self.account is not None:
-                self.storage.ensure_home(self.account)
+                try:
+                    self.storage.ensure_home(self.account)
+                except ProtocolError as exc:  # the anonymous home is unusable: say so, end
+                    log.warning("anonymous home unusable: %s", exc.message)
+                    self.send_error(exc)
+                    return
             self.stream.send(self.greeting())
             while not self.server.stopping and self.serve_one():
                 pass
@@ -161,8 +166,8 @@ class Session(socketserver.BaseRequestHandler):
             time.sleep(self.limits.login_delay)
             closes = self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
-        self.account = account
         self.storage.ensure_home(account)
+        self.account = account
         log.info("login %s user=%r permissions=%s", self.peer, clean(user), account.permissions)
         self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
 

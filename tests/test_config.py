@@ -30,6 +30,12 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
     assert config.users["carol"].quota == 1000
 
 
+def test_storage_as_a_mapping_names_the_backend(tmp_path):
+    config = load_config(write_config(tmp_path, storage={"backend": "local", "root": "storage"}))
+    assert config.storage_backend == "local" and config.storage_root == (tmp_path / "storage").resolve()
+    assert load_config(write_config(tmp_path, storage={"root": "storage"})).storage_backend == "local"
+
+
 @pytest.mark.parametrize(
     "sections, message",
     [
@@ -45,6 +51,9 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path, monkeypatch):
         ),
         ({"anonymous": {"enabled": True, "home": "../../etc"}}, "anonymous.home: '../../etc' is outside"),
         ({"storage": "nowhere"}, "storage: "),
+        ({"storage": {"backend": "local", "root": "nowhere"}}, "storage.root: "),
+        ({"storage": {"backend": "ftp"}}, "storage.backend: unknown backend 'ftp'"),
+        ({"storage": {"root": "storage", "bucket": "b"}}, "storage.bucket: unknown key"),
         ({"colour": "blue"}, "colour: unknown key"),
         ({"log_level": "loud"}, "log_level: must be"),
     ],

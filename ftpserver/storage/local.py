@@ -18,6 +18,7 @@ client; `.sockftp/` at the top of the root is the server's metadata folder.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import hashlib
@@ -413,7 +414,7 @@ class LocalStorage:
             finally:
                 os.close(fd)
 
-    def _entries(self, account: Account, dir_fd: int, where: tuple[str, ...]) -> list[dict]:
+    def _entries(self, account: Account, dir_fd: int, where: tuple[str, ...]) -> builtins.list[dict]:
         """A directory's entries: one fstatat each, whatever the depth; a link is shown
         as what it leads to if that is inside the home, else left out."""
         entries = []
@@ -423,10 +424,10 @@ class LocalStorage:
                 if name.startswith(RESERVED_PREFIX) or not _valid_utf8(name):
                     continue
                 try:
-                    st = item.stat(follow_symlinks=False)
+                    st: os.stat_result | None = item.stat(follow_symlinks=False)
                 except OSError:
                     continue  # vanished meanwhile
-                if stat_mod.S_ISLNK(st.st_mode):
+                if st is not None and stat_mod.S_ISLNK(st.st_mode):
                     st = self._through_link(account, (*where, name))
                 if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
                     entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
@@ -557,7 +558,7 @@ class LocalStorage:
             fd, held = self._open_partial(place, name) if name.startswith(PARTIAL_PREFIX) else (None, 0)
         if fd is not None:
             upload.file = open(fd, "r+b", closefd=True)  # noqa: SIM115 - owned by the upload
-        if held > upload.size:  # cannot be this upload's: start again
+        if fd is not None and held > upload.size:  # cannot be this upload's: start again
             with os_errors(vpath):
                 os.ftruncate(fd, 0)
             self.usage.add(place.parts, -held)
