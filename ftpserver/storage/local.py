@@ -29,7 +29,7 @@ import stat as stat_mod
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -57,7 +57,7 @@ from ..config import Account, ConfigError
 from .base import Snapshot, entry
 from .checksums import ChecksumCache
 from .jail import DIR_FLAGS, MAX_DEPTH, READ_FLAGS, Place, files_below, open_dir, open_home, walk
-from .usage import Usage
+from .usage import Reservation, Usage
 
 __all__ = ["LocalStorage", "LocalUpload"]
 
@@ -120,10 +120,6 @@ def _valid_utf8(name: str) -> bool:
     return True
 
 
-def _nothing() -> None:
-    pass
-
-
 def _fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
@@ -166,7 +162,7 @@ class LocalUpload:
     temp: str | None = None
     held: int = 0
     claim: tuple[int, int, str] | None = None
-    unreserve: Callable[[], None] = field(default=_nothing, repr=False)
+    reservation: Reservation = field(default_factory=lambda: Reservation(None, (), 0), repr=False)
     file: BinaryIO | None = field(default=None, repr=False)  # open while bytes are to come
     digest: BackgroundMD5 | None = field(default=None, repr=False)
     writeback: Writeback | None = field(default=None, repr=False)
@@ -226,19 +222,24 @@ class LocalUpload:
         assert self.temp is not None
         fd, name, usage = self.place.dir_fd, self.place.name, self.storage.usage
         with os_errors(self.path), usage.lock:
-            old = _lstat(fd, name)
+            old = _lstat(fd, name) if self.overwrite else None
             replaced = old.st_size if old is not None and stat_mod.S_ISREG(old.st_mode) else 0
-            if self.overwrite:
-                os.replace(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd)
-            else:  # link, unlike rename, fails if a file appeared there since the checks
-                try:
+            growth = self.size - self.held - replaced
+            if not usage.fits(self.home, self.account.quota, growth - self.reservation.amount):
+                self._discard()  # the file it would replace went meanwhile, and with it the room
+                raise QuotaExceededError(f"{self.path}: no room left in the quota for it")
+            try:
+                if self.overwrite:
+                    os.replace(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+                else:  # link, unlike rename, fails if a file appeared there since the checks
                     os.link(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd, follow_symlinks=False)
-                except FileExistsError:
-                    self._discard()
+                    os.unlink(self.temp, dir_fd=fd)
+            except OSError as exc:
+                self._discard()  # a refused upload keeps nothing (nothing uncounted either)
+                if isinstance(exc, FileExistsError):
                     raise ExistsError(f"{self.path}: already exists") from None
-                os.unlink(self.temp, dir_fd=fd)
-                replaced = 0
-            usage.add(self.place.parts, self.size - self.held - replaced)
+                raise
+            usage.add(self.place.parts, growth)
         with os_errors(self.path):
             _fsync_dir(fd)
         if self.temp_stat is not None:
@@ -252,8 +253,8 @@ class LocalUpload:
         with contextlib.suppress(OSError):
             self.file.flush()
             now = os.fstat(self.file.fileno()).st_size
-            with usage.lock:
-                if usage.fits(self.home, self.account.quota, now - self.held):
+            with usage.lock:  # its own reservation gives way to the bytes it keeps
+                if usage.fits(self.home, self.account.quota, now - self.held - self.reservation.amount):
                     usage.add(self.place.parts, now - self.held)
                 else:
                     self._discard()
@@ -274,8 +275,7 @@ class LocalUpload:
             with contextlib.suppress(OSError):
                 self.file.close()
             self.file = None  # ended: a later abort() or close() does nothing
-        self.unreserve()
-        self.unreserve = _nothing
+        self.reservation.release()
         if self.claim is not None:
             self.storage.unclaim(self.place.dir_fd, self.claim)
             self.claim = None
@@ -502,7 +502,7 @@ class LocalStorage:
         except NotFoundError:
             if not parents:
                 raise NotFoundError(f"{vpath}: parent directory does not exist") from None
-            self.usage.reserve(home, account.quota, size, vpath)()  # a check only: nothing is made yet
+            self.usage.reserve(home, account.quota, size, vpath).release()  # a check: nothing is made yet
             place = self._walk(account, vpath, parts, follow=True, create=True)
         try:
             if not place.name:
@@ -566,7 +566,7 @@ class LocalStorage:
         upload.held = held
         # Checked before a new partial file exists: a refused put leaves nothing behind.
         growth = upload.size - replaced - held
-        upload.unreserve = self.usage.reserve(upload.home, upload.account.quota, growth, vpath)
+        upload.reservation = self.usage.reserve(upload.home, upload.account.quota, growth, vpath)
         with os_errors(vpath):
             if upload.file is None:
                 try:
@@ -649,7 +649,9 @@ class LocalStorage:
         """Put the bytes of `source` (open as `file`, with stat `st`) at a new temp name
         beside the destination; True if they are still the ones wanted."""
         place = upload.place
-        unreserve = self.usage.reserve(upload.home, upload.account.quota, upload.size - replaced, upload.path)
+        reservation = self.usage.reserve(
+            upload.home, upload.account.quota, upload.size - replaced, upload.path
+        )
         temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         self._claim(place.dir_fd, temp, 0)
         claim = self._claim_key(place.dir_fd, temp)
@@ -657,14 +659,14 @@ class LocalStorage:
             with os_errors(upload.path):
                 linked = self._link(source, place, temp, st) or self._copy(file, place, temp, upload.md5)
         except BaseException:
-            unreserve()
+            reservation.release()
             self.unclaim(place.dir_fd, claim)
             raise
         if linked is None:
-            unreserve()
+            reservation.release()
             self.unclaim(place.dir_fd, claim)
             return False
-        upload.temp, upload.claim, upload.unreserve, upload.temp_stat = temp, claim, unreserve, linked
+        upload.temp, upload.claim, upload.reservation, upload.temp_stat = temp, claim, reservation, linked
         return True
 
     @staticmethod
@@ -801,13 +803,15 @@ class LocalStorage:
                 if not name.startswith((PARTIAL_PREFIX, TEMP_PREFIX)) or st.st_mtime >= cutoff:
                     continue
                 key = self._claim_key(dir_fd, name)
-                with self._lock, self.usage.lock:
-                    if key in self._claims:
+                with self._lock, self.usage.lock, contextlib.suppress(OSError):
+                    now = _lstat(dir_fd, name)  # resumed since the scan? then it is fresh again
+                    if key in self._claims or now is None or now.st_mtime >= cutoff:
                         continue
-                    with contextlib.suppress(OSError):
-                        os.unlink(name, dir_fd=dir_fd)
-                        self.usage.add(where, -st.st_size)
-                        removed += 1
+                    if not stat_mod.S_ISREG(now.st_mode):
+                        continue
+                    os.unlink(name, dir_fd=dir_fd)
+                    self.usage.add(where, -now.st_size)
+                    removed += 1
         finally:
             os.close(fd)
         return removed

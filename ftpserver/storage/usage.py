@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ftpproto import QuotaExceededError
 
-__all__ = ["Usage"]
+__all__ = ["Reservation", "Usage"]
 
 Home = tuple[str, ...]
-
-
-def _nothing() -> None:
-    pass
 
 
 class Usage:
@@ -57,27 +54,40 @@ class Usage:
                     self._used[home] += delta
 
     def fits(self, home: Home, quota: int | None, extra: int) -> bool:
-        """Whether `extra` more bytes held in `home` stay within `quota`."""
-        return quota is None or extra <= 0 or self.used(home) + extra <= quota
-
-    def reserve(self, home: Home, quota: int | None, growth: int, path: str) -> Callable[[], None]:
-        """Hold `growth` bytes of `quota` for an upload; return the function that gives them back."""
-        if quota is None or growth <= 0:
-            return _nothing
+        """Whether `extra` more bytes held in `home` keep usage and every reservation
+        within `quota` (call with the lock held to act on the answer)."""
+        if quota is None or extra <= 0:
+            return True
         with self.lock:
-            held = self.used(home) + self._reserved.get(home, 0)
-            if held + growth > quota:
+            return self.used(home) + self._reserved.get(home, 0) + extra <= quota
+
+    def reserve(self, home: Home, quota: int | None, growth: int, path: str) -> Reservation:
+        """Hold `growth` bytes of `quota` for an upload until the reservation is released."""
+        if quota is None or growth <= 0:
+            return Reservation(None, home, 0)
+        with self.lock:
+            if not self.fits(home, quota, growth):
+                held = self.used(home) + self._reserved.get(home, 0)
                 raise QuotaExceededError(
                     f"{path}: needs {growth} more bytes; {held} of {quota} bytes are in use"
                 )
             self._reserved[home] = self._reserved.get(home, 0) + growth
-        released = False
+        return Reservation(self, home, growth)
 
-        def release() -> None:
-            nonlocal released
-            with self.lock:
-                if not released:
-                    released = True
-                    self._reserved[home] -= growth
+    def _give_back(self, home: Home, amount: int) -> None:
+        with self.lock:
+            self._reserved[home] -= amount
 
-        return release
+
+@dataclass
+class Reservation:
+    """`amount` bytes of a home's quota held for one upload."""
+
+    usage: Usage | None
+    home: Home
+    amount: int
+
+    def release(self) -> None:
+        usage, self.usage = self.usage, None
+        if usage is not None:
+            usage._give_back(self.home, self.amount)
