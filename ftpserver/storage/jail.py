@@ -135,7 +135,14 @@ def walk(
                 try:
                     child = open_dir(fd, name, create)
                 except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR) or not _is_symlink(fd, name):
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    kind = _mode(fd, name)
+                    if stat_mod.S_ISDIR(kind) and hops < MAX_SYMLINKS:
+                        hops += 1  # a link that was swapped back meanwhile: open it again
+                        pending.append(name)
+                        continue
+                    if not stat_mod.S_ISLNK(kind):
                         raise
                 else:
                     if len(stack) > MAX_DEPTH:
@@ -159,11 +166,16 @@ def walk(
             os.close(fd)
 
 
-def _is_symlink(dir_fd: int, name: str) -> bool:
+def _mode(dir_fd: int, name: str) -> int:
+    """The file type and mode of `name` itself (0 if it is gone)."""
     try:
-        return stat_mod.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
     except FileNotFoundError:
-        return False
+        return 0
+
+
+def _is_symlink(dir_fd: int, name: str) -> bool:
+    return stat_mod.S_ISLNK(_mode(dir_fd, name))
 
 
 def files_below(

@@ -228,6 +228,7 @@ class LocalUpload:
             if not usage.fits(self.home, self.account.quota, growth - self.reservation.amount):
                 self._discard()  # the file it would replace went meanwhile, and with it the room
                 raise QuotaExceededError(f"{self.path}: no room left in the quota for it")
+            self._check_still_ours(self.temp)
             try:
                 if self.overwrite:
                     os.replace(self.temp, name, src_dir_fd=fd, dst_dir_fd=fd)
@@ -239,11 +240,29 @@ class LocalUpload:
                 if isinstance(exc, FileExistsError):
                     raise ExistsError(f"{self.path}: already exists") from None
                 raise
+            self._check_still_ours(name)
             usage.add(self.place.parts, growth)
         with os_errors(self.path):
             _fsync_dir(fd)
         if self.temp_stat is not None:
             self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
+
+    def _check_still_ours(self, name: str) -> None:
+        """Raise unless `name` is the very file this upload wrote. Only someone with write
+        access to the directory on the server can swap another in; what was swapped in
+        is removed, so a put never answers `ok` for bytes that are not the ones it got.
+        (The server's own renames are serialised by the usage lock, held around this.)"""
+        assert self.temp_stat is not None
+        st = _lstat(self.place.dir_fd, name)
+        if st is not None and (st.st_dev, st.st_ino) == (self.temp_stat.st_dev, self.temp_stat.st_ino):
+            return
+        if name != self.temp:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=self.place.dir_fd)
+        log.warning("the partial file of %s was replaced behind the server's back", self.path)
+        raise ForbiddenError(
+            f"{self.path}: the upload's partial file was replaced on the server; send it again"
+        )
 
     def _keep_for_resume(self) -> None:
         """An interrupted upload keeps its partial file for a resume, unless holding it
@@ -428,10 +447,22 @@ class LocalStorage:
                 except OSError:
                     continue  # vanished meanwhile
                 if st is not None and stat_mod.S_ISLNK(st.st_mode):
-                    st = self._through_link(account, (*where, name))
+                    st = self._near_link(dir_fd, where, name) or self._through_link(account, (*where, name))
                 if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
                     entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
         return sorted(entries, key=lambda e: e["name"])
+
+    def _near_link(self, dir_fd: int, where: tuple[str, ...], name: str) -> os.stat_result | None:
+        """What a link leads to when that lies below its own directory (most links): found
+        from the directory's descriptor, so listing links costs the same at any depth.
+        None when it climbs out of the directory: then `_through_link` decides."""
+        try:
+            with walk(os.dup(dir_fd), where, (name,), follow=True) as place:
+                fd, st = self._open(place, "")
+                os.close(fd)
+                return st
+        except (OSError, ProtocolError):
+            return None
 
     def _through_link(
         self, account: Account, physical: tuple[str, ...], vpath: str | None = None
