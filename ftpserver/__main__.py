@@ -2,6 +2,8 @@
 
 ftpserver --config conf/server.yaml [--host H] [--port P]
 ftpserver adduser NAME --config conf/server.yaml [--password-stdin]
+ftpserver bans --config conf/server.yaml
+ftpserver unban ADDRESS --config conf/server.yaml
 """
 
 from __future__ import annotations
@@ -15,11 +17,22 @@ import logging
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 
 from ftpproto.units import parse_size
 
 from .auth import hash_password
-from .config import PERMISSIONS, ConfigError, load_config, parse_users, read_user_entries, save_users
+from .config import (
+    PERMISSIONS,
+    ConfigError,
+    ServerConfig,
+    load_config,
+    parse_users,
+    read_user_entries,
+    save_users,
+)
+from .defender import Defender
 from .server import FileServer, version
 
 __all__ = ["main"]
@@ -52,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     adduser.add_argument("--home", help="home directory, relative to the storage root (default: NAME)")
     adduser.add_argument("--permissions", choices=PERMISSIONS, help="r or rw (default: rw)")
     adduser.add_argument("--quota", help="bytes the user may store, e.g. 10GB (default: no quota)")
+    bans = commands.add_parser(
+        "bans", help="list banned addresses", description="List the addresses the defender has banned."
+    )
+    bans.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+    unban = commands.add_parser(
+        "unban",
+        help="lift a ban",
+        description="Lift the defender's ban on an address (a running server obeys at once).",
+    )
+    unban.add_argument("address", metavar="ADDRESS")
+    unban.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
     return parser
 
 
@@ -63,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "adduser":
             return add_user(args)
+        if args.command in ("bans", "unban"):
+            return manage_bans(args)
         return serve(args)
     except ConfigError as exc:
         print(f"ftpserver: {exc}", file=sys.stderr)
@@ -107,6 +133,28 @@ def serve(args: argparse.Namespace) -> int:
     log.info("stopping: no new connections; running transfers get %gs", config.limits.shutdown_grace)
     server.stop()
     log.info("stopped")
+    return 0
+
+
+def defender_of(config: ServerConfig) -> Defender:
+    """The defender's ban list of a config, as a running server keeps it."""
+    metadata = config.storage_root / ".sockftp"
+    metadata.mkdir(mode=0o700, exist_ok=True)
+    return Defender(config.defender, Path(metadata, "bans.json"))
+
+
+def manage_bans(args: argparse.Namespace) -> int:
+    """`bans`: one line per active ban. `unban ADDRESS`: lift it; 1 if it was not banned."""
+    defender = defender_of(load_config(args.config))
+    if args.command == "unban":
+        if not defender.unban(args.address):
+            print(f"ftpserver: {args.address} is not banned", file=sys.stderr)
+            return 1
+        print(f"ftpserver: ban on {args.address} lifted", file=sys.stderr)
+        return 0
+    for ban in defender.bans():
+        until = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(ban.until))
+        print(f"{ban.source}\tuntil {until}\t{ban.until - time.time():.0f}s left\toffence {ban.offences}")
     return 0
 
 

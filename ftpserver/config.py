@@ -8,6 +8,7 @@ starts the same from any working directory.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -19,6 +20,8 @@ import yaml
 
 from ftpproto.paths import RESERVED_PREFIX
 from ftpproto.units import parse_size
+
+from .defender import DEFAULT_SCORES, DefenderConfig
 
 __all__ = [
     "Account",
@@ -50,6 +53,7 @@ class Account:
     quota: int | None = None
     password_hash: str = field(default="", repr=False)
     bandwidth: int | None = None  # bytes per second, shared by all of the account's sessions
+    max_sessions: int | None = None  # sessions logged in as this user at once
 
     @property
     def can_write(self) -> bool:
@@ -81,6 +85,7 @@ class ServerConfig:
     limits: Limits
     log_level: str = "info"
     storage_backend: str = "local"
+    defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
 
 
@@ -173,7 +178,7 @@ def load_config(path: str | Path) -> ServerConfig:
     """Read and check the main config and its users file."""
     path = Path(path).absolute()
     top = _Section(path, "", _read_yaml(path))
-    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level", "tls")
+    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level", "tls", "defender")
     base = path.parent
 
     listen = top.section("listen")
@@ -229,7 +234,35 @@ def load_config(path: str | Path) -> ServerConfig:
         limits=limits,
         log_level=log_level,
         storage_backend=backend,
+        defender=_defender(top),
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
+    )
+
+
+def _defender(top: _Section) -> DefenderConfig:
+    """`defender: false`, or a mapping of the defender's settings (see defender.py)."""
+    if top.data.get("defender") is False:
+        return DefenderConfig(enabled=False)
+    section = top.section("defender")
+    section.only("enabled", *(f for f in DefenderConfig.__dataclass_fields__ if f != "enabled"))
+    default = DefenderConfig()
+    scores = section.section("scores")
+    scores.only(*DEFAULT_SCORES)
+    safelist = section.get("safelist", list, [])
+    try:
+        networks = tuple(ipaddress.ip_network(str(net), strict=False) for net in safelist)
+    except ValueError as exc:
+        raise section.error("safelist", str(exc)) from None
+    return DefenderConfig(
+        enabled=section.get("enabled", bool, True),
+        threshold=int(section.number("threshold", default.threshold, 1)),
+        observation_time=section.number("observation_time", default.observation_time, 1),
+        ban_time=section.number("ban_time", default.ban_time, 1),
+        ban_growth=section.number("ban_growth", default.ban_growth, 1),
+        max_ban_time=section.number("max_ban_time", default.max_ban_time, 1),
+        forget_after=section.number("forget_after", default.forget_after, 0),
+        safelist=networks,
+        scores={name: int(scores.number(name, value)) for name, value in DEFAULT_SCORES.items()},
     )
 
 
@@ -286,7 +319,7 @@ def parse_users(data: Any, path: Path, root: Path) -> dict[str, Account]:
                 str(name), "a user name is letters, digits, '.', '_', '-' or '@', not starting with '.'"
             )
         entry = users.section(str(name))
-        entry.only("password", "home", "permissions", "quota", "bandwidth")
+        entry.only("password", "home", "permissions", "quota", "bandwidth", "max_sessions")
         password_hash = entry.get("password", str, "")
         if not password_hash:
             raise entry.error("password", "is missing (set it with `ftpserver adduser`)")
@@ -298,6 +331,9 @@ def parse_users(data: Any, path: Path, root: Path) -> dict[str, Account]:
             quota=entry.size("quota"),
             password_hash=password_hash,
             bandwidth=entry.size("bandwidth"),
+            max_sessions=None
+            if entry.data.get("max_sessions") is None
+            else int(entry.number("max_sessions", 1, 1)),
         )
     return accounts
 

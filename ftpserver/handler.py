@@ -22,6 +22,7 @@ from ftpproto import (
     AuthFailedError,
     AuthRequiredError,
     BadRequestError,
+    BusyError,
     ForbiddenError,
     FrameStream,
     InternalError,
@@ -33,6 +34,7 @@ from ftpproto.messages import op_spec, parse_args
 from ftpproto.stream import BUFFER_SIZE
 
 from .auth import verify_password
+from .defender import Event
 
 if TYPE_CHECKING:
     from .server import FileServer
@@ -67,6 +69,8 @@ class Session(socketserver.BaseRequestHandler):
         self.storage = self.server.storage
         self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
         self.account = self.config.anonymous
+        self.logged_in = False  # as a named user, counted against its max_sessions
+        self.tried_login = False
         self.failed_logins = 0
         self.busy = False
         self.in_exchange = False  # inside a get/put exchange: an error leaves the stream out of step
@@ -77,6 +81,10 @@ class Session(socketserver.BaseRequestHandler):
         self.server.session_started(self)
 
     def finish(self) -> None:
+        if self.logged_in and self.account is not None:
+            self.server.user_session_ended(self.account)
+        if self.config.anonymous is None and not self.tried_login:
+            self.server.defender.record(self.client_address[0], Event.NO_LOGIN)
         self.server.session_ended(self)
 
     def handle(self) -> None:
@@ -129,10 +137,12 @@ class Session(socketserver.BaseRequestHandler):
             self.busy = True
             return self.dispatch(message)
         except ProtocolError as exc:
+            if exc.closes and exc.code in ("bad_request", "frame_too_large"):
+                self.server.defender.record(self.client_address[0], Event.PROTOCOL_VIOLATION)
             self.send_error(exc)
             return not exc.closes
-        except (ConnectionError, TimeoutError):
-            raise
+        except (ConnectionError, TimeoutError, ssl.SSLError):
+            raise  # the connection is gone or broken (a corrupt TLS record): handle() ends it
         except Exception:
             log.exception("internal error serving %s", self.peer)
             if not self.streaming:  # nothing but file bytes may follow a get's ack
@@ -159,15 +169,30 @@ class Session(socketserver.BaseRequestHandler):
     # -- ops: each returns False only when the connection must end -------------
 
     def op_login(self, user: str, password: str) -> None:
+        host = self.client_address[0]
+        self.tried_login = True
+        ban = self.server.defender.banned(host)
+        if ban is not None:  # banned while this connection was open: no more guesses
+            raise BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
         account = self.config.users.get(user)
-        if not verify_password(password, account.password_hash if account else None):
+        with self.server.login_slot(host):
+            valid = verify_password(password, account.password_hash if account else None)
+        if not valid:
             self.failed_logins += 1
             log.warning("login failed %s user=%r", self.peer, clean(user))
-            time.sleep(self.limits.login_delay)
-            closes = self.failed_logins >= self.limits.max_failed_logins
+            banned = self.server.defender.record(host, Event.LOGIN_FAILED if account else Event.UNKNOWN_USER)
+            if banned is None:
+                time.sleep(self.limits.login_delay)
+            closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
+        assert account is not None
         self.storage.ensure_home(account)
-        self.account = account
+        if self.logged_in and self.account is not None:
+            self.server.user_session_ended(self.account)
+            self.logged_in = False
+        if not self.server.user_session_started(account):
+            raise BusyError(f"user {user!r} has {account.max_sessions} sessions open already")
+        self.account, self.logged_in = account, True
         log.info("login %s user=%r permissions=%s", self.peer, clean(user), account.permissions)
         self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
 

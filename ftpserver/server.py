@@ -16,12 +16,14 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Iterator
 from importlib import metadata
 
 from ftpproto import BusyError, encode_frame
 from ftpproto.pacing import RateLimiter
 
 from .config import Account, ServerConfig
+from .defender import Defender, Event, source_of
 from .handler import Session
 from .storage import open_storage
 
@@ -46,6 +48,9 @@ class FileServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.storage = open_storage(config)
+        self.defender = Defender(config.defender, config.storage_root / ".sockftp" / "bans.json")
+        self._user_sessions: collections.Counter[str] = collections.Counter()
+        self._login_slots: dict[str, tuple[threading.Semaphore, list[int]]] = {}
         self.version = version()
         self.stopping = False
         self._lock = threading.Lock()
@@ -98,6 +103,8 @@ class FileServer(socketserver.ThreadingTCPServer):
     def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
         limits = self.config.limits
         host = client_address[0]
+        if self._banned(request, host):
+            return False
         with self._lock:
             if self.stopping:
                 reason = "the server is shutting down"
@@ -109,12 +116,28 @@ class FileServer(socketserver.ThreadingTCPServer):
                 self._per_address[host] += 1
                 return True
         log.warning("refused %s:%s: %s", host, client_address[1], reason)
+        if reason == "too many connections from your address":
+            self.defender.record(host, Event.LIMIT_EXCEEDED)
         with self._lock:
             self._refusing.add(request)
         # Its own thread: with TLS the refusal needs a handshake, which a silent peer
         # could otherwise drag out while every new connection waits behind it.
         threading.Thread(target=self._refuse, args=(request, reason), daemon=True).start()
         return False
+
+    def _banned(self, request: socket.socket, host: str) -> bool:
+        """Turn a banned address away on the accepting thread, at the cost of one
+        non-blocking send (none with TLS, which would need a handshake)."""
+        ban = self.defender.banned(host)
+        if ban is None:
+            return False
+        log.info("refused %s: banned for %.0fs more", host, ban.until - time.time())
+        if self.config.tls is None:
+            with contextlib.suppress(OSError):
+                request.setblocking(False)
+                left = max(1, round(ban.until - time.time()))
+                request.send(encode_frame(BusyError(f"your address is banned for {left}s").to_response()))
+        return True
 
     def _refuse(self, request: socket.socket, reason: str) -> None:
         try:
@@ -154,6 +177,40 @@ class FileServer(socketserver.ThreadingTCPServer):
     def session_ended(self, session: Session) -> None:
         with self._lock:
             self._sessions.discard(session)
+
+    @contextlib.contextmanager
+    def login_slot(self, host: str) -> Iterator[None]:
+        """One password check at a time per source: a flood from one address queues
+        behind itself, and the shared scrypt pool stays fair to everyone else."""
+        source = source_of(host)
+        with self._lock:
+            semaphore, users = self._login_slots.setdefault(source, (threading.Semaphore(1), [0]))
+            users[0] += 1
+        try:
+            with semaphore:
+                yield
+        finally:
+            with self._lock:
+                users[0] -= 1
+                if not users[0]:
+                    del self._login_slots[source]
+
+    def user_session_started(self, account: Account) -> bool:
+        """Count a session logged in as `account`; False (and not counted) if it would
+        pass the account's `max_sessions`."""
+        name = account.name or ""
+        with self._lock:
+            if account.max_sessions is not None and self._user_sessions[name] >= account.max_sessions:
+                return False
+            self._user_sessions[name] += 1
+            return True
+
+    def user_session_ended(self, account: Account) -> None:
+        name = account.name or ""
+        with self._lock:
+            self._user_sessions[name] -= 1
+            if self._user_sessions[name] <= 0:
+                del self._user_sessions[name]
 
     def rate_limiter(self, account: Account) -> RateLimiter | None:
         """The bandwidth limit shared by all sessions of `account`, if it has one."""
