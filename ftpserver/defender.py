@@ -60,7 +60,7 @@ DEFAULT_SCORES = {
 class DefenderConfig:
     enabled: bool = True
     threshold: int = 15
-    observation_time: float = 600.0
+    observation_time: float = 3600.0
     ban_time: float = 900.0
     ban_growth: float = 2.0
     max_ban_time: float = 7 * 24 * 3600.0

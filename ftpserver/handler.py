@@ -171,16 +171,21 @@ class Session(socketserver.BaseRequestHandler):
     def op_login(self, user: str, password: str) -> None:
         host = self.client_address[0]
         self.tried_login = True
-        ban = self.server.defender.banned(host)
-        if ban is not None:  # banned while this connection was open: no more guesses
-            raise BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
         account = self.config.users.get(user)
+        banned = None
+        # One check at a time per address, the ban looked at and the failure scored inside:
+        # once an address is banned, not one more of its guesses is evaluated.
         with self.server.login_slot(host):
+            ban = self.server.defender.banned(host)
+            if ban is not None:
+                raise BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
             valid = verify_password(password, account.password_hash if account else None)
+            if not valid:
+                event = Event.LOGIN_FAILED if account else Event.UNKNOWN_USER
+                banned = self.server.defender.record(host, event)
         if not valid:
             self.failed_logins += 1
             log.warning("login failed %s user=%r", self.peer, clean(user))
-            banned = self.server.defender.record(host, Event.LOGIN_FAILED if account else Event.UNKNOWN_USER)
             if banned is None:
                 time.sleep(self.limits.login_delay)
             closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
