@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import getpass
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -106,8 +107,19 @@ def limit_malloc_arenas(arenas: int = 4) -> None:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, arenas)
 
 
+def raise_descriptor_limit() -> None:
+    """Each session holds a few descriptors (socket, a directory or two, a file): take
+    the hard limit's room rather than the soft 1024 a shell usually hands down."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
 def serve(args: argparse.Namespace) -> int:
     limit_malloc_arenas()
+    raise_descriptor_limit()
     config = load_config(args.config)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     config = dataclasses.replace(config, **overrides)

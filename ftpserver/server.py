@@ -226,7 +226,11 @@ class FileServer(socketserver.ThreadingTCPServer):
         """Remove abandoned partial uploads at start, then every so often."""
         max_age = self.config.limits.partial_max_age
         while True:
-            removed = self.storage.remove_stale_partials(max_age)
+            try:
+                removed = self.storage.remove_stale_partials(max_age)
+            except OSError as exc:  # out of descriptors, say: try again next time
+                log.warning("sweep of stale partial uploads failed: %s", exc)
+                removed = 0
             if removed:
                 log.info("removed %d partial uploads older than %gs", removed, max_age)
             if self._cleaner.wait(min(max(max_age / 4, 1.0), 3600.0)):

@@ -730,3 +730,90 @@ def test_a_metadata_folder_that_is_not_the_servers_own_stops_the_server(tmp_path
     assert len(lines) == 1 and lines[0].startswith("ftpserver: "), result.stderr
     assert ".sockftp" in lines[0] and "Traceback" not in result.stderr
     assert os.listdir(decoy) == []  # nothing written through the link
+
+
+# -- 8. limits of the process: descriptors and file size ----------------------------
+
+DEEP_STAT = r"""
+import os, resource, sys
+from pathlib import Path
+from ftpserver.config import Account
+from ftpserver.storage import LocalStorage
+root = Path(sys.argv[1])
+storage = LocalStorage(root)
+alice = Account("alice", (root / "alice").resolve(), "rw")
+storage.ensure_home(alice)
+deep = "/".join(["d"] * 250)
+storage.mkdir(alice, deep, parents=True)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+for _ in range(20):
+    storage.stat(alice, deep)
+    storage.list(alice, deep)
+print("ok")
+"""
+
+
+def test_a_walk_250_deep_needs_a_handful_of_descriptors_not_one_per_level(tmp_path):
+    """A deep path must not cost one open descriptor per level: with 64 allowed in all,
+    stat and ls at depth 250 still work (a walk holding its ancestors open would fail)."""
+    (tmp_path / "root").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", DEEP_STAT, str(tmp_path / "root")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+FILE_SIZE_LIMIT = r"""
+import hashlib, os, resource, sys
+from pathlib import Path
+from ftpproto import ProtocolError
+from ftpserver.config import Account
+from ftpserver.storage import LocalStorage
+root = Path(sys.argv[1])
+storage = LocalStorage(root)
+carol = Account("carol", (root / "carol").resolve(), "rw", quota=10_000)
+storage.ensure_home(carol)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+codes = []
+for i in range(6):
+    data = bytes([i]) * 5000
+    upload = storage.begin_upload(carol, f"p{i}", len(data), hashlib.md5(data).hexdigest(), True, False)
+    for start in range(0, len(data), 1000):
+        upload.write(memoryview(data)[start : start + 1000])
+    try:
+        upload.finish()
+        codes.append("ok")
+    except ProtocolError as exc:
+        upload.abort()
+        codes.append(exc.code)
+on_disk = sum(f.stat().st_size for f in (root / "carol").rglob("*") if f.is_file())
+print(",".join(codes), on_disk, storage.usage.used(("carol",)))
+"""
+
+
+def test_a_write_refused_by_the_file_size_limit_leaves_nothing_uncounted(tmp_path):
+    """EFBIG part-way through a put answers too_large and keeps no uncounted bytes."""
+    (tmp_path / "root").mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", FILE_SIZE_LIMIT, str(tmp_path / "root")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    codes, on_disk, counted = done.stdout.split()
+    assert codes == ",".join(["too_large"] * 6)
+    assert int(on_disk) == int(counted) == 0
+
+
+def test_an_absolute_link_into_the_home_is_followed_and_one_out_of_it_is_not(world, raw):
+    server, outside, _ = world
+    home = server.root / "alice"
+    (home / "docs").mkdir(parents=True)
+    (home / "docs" / "f").write_bytes(b"inside")
+    (home / "abs").symlink_to(home / "docs")  # absolute, as v1 servers followed it
+    (home / "out").symlink_to(outside)
+    stream = raw(user="alice")
+    assert get(stream, "abs/f")[1] == b"inside"
+    assert [e["name"] for e in stream.request("ls")["entries"]] == ["abs", "docs"]
+    assert_error(stream.request("stat", path="out/secret"), "forbidden")

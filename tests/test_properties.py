@@ -64,7 +64,7 @@ def home_with_links(tmp_path_factory) -> tuple[LocalStorage, Account, Path]:
     (home / "a" / "b").mkdir(parents=True)
     os.symlink(outside, home / "out")
     os.symlink(outside, home / "a" / "out")
-    os.symlink(home / "a", home / "link")  # absolute: never followed
+    os.symlink(home / "a", home / "link")  # absolute, into the home: followed from the home
     os.symlink("../..", home / "a" / "b" / "link")
     os.symlink("b/..", home / "a" / "up")
     account = Account("user", home.resolve(), "rw")

@@ -97,7 +97,7 @@ class ChecksumCache:
         """Run a statement; a cache failure is logged and ignored, never fatal."""
         try:
             return self._db.execute(sql, args).fetchall()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, UnicodeError) as exc:  # UnicodeError: a name that is not UTF-8
             log.warning("checksum cache error (ignored): %s", exc)
             return []
 

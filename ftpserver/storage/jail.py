@@ -2,13 +2,15 @@
 
 No path string is ever checked and then opened again. `walk()` starts from
 the home's directory descriptor and opens one component at a time with
-`O_NOFOLLOW`, so the kernel never follows a symbolic link for us. A relative
-link met on the way is read with `readlinkat` and its target walked the same
-way, from the directory that holds it, with `..` popping our own stack of
-open directories: a link that climbs above the home, an absolute link and a
-link into the server's own `.sockftp` names are `forbidden`. Whatever is
-renamed or swapped while a walk runs, every step stays below the home's
-descriptor (the approach of Go's `os.Root` and CPython's `_rmtree_safe_fd`).
+`O_NOFOLLOW`, so the kernel never follows a symbolic link for us. A link met
+on the way is read with `readlinkat` and its target walked the same way, from
+the directory that holds it; a `..` in it is walked again from the home, by
+the names we came down (the kernel's `..` could lead out of a directory moved
+away meanwhile). A link that climbs above the home, an absolute link outside
+the home's own path and a link into the server's own `.sockftp` names are
+`forbidden`. Whatever is renamed or swapped while a walk runs, every step
+stays below the home's descriptor (the approach of Go's `os.Root` and
+CPython's `_rmtree_safe_fd`).
 """
 
 from __future__ import annotations
@@ -101,17 +103,28 @@ def open_home(root_fd: int, parts: tuple[str, ...], create: bool = False) -> int
 
 
 def walk(
-    home_fd: int, home: tuple[str, ...], parts: tuple[str, ...], follow: bool, create: bool = False
+    home_fd: int,
+    home: tuple[str, ...],
+    parts: tuple[str, ...],
+    follow: bool,
+    create: bool = False,
+    home_path: str | None = None,
+    start: tuple[int, tuple[str, ...]] | None = None,
 ) -> Place:
-    """Resolve `parts` below the home open at `home_fd` (taken over: it is closed here or
-    by the returned place). `home` is the home's path below the root.
+    """Resolve `parts` below the home open at `home_fd` (taken over: closed here).
+    `home` is the home's path below the root, `home_path` its absolute path on the
+    server (an absolute link into it is followed from the home; any other is refused).
+    `start`, a directory's descriptor and path below the root, begins the walk there
+    instead of at the home (its descriptor is not taken over).
 
     The last component is not opened: the caller opens it as it needs. With `follow`,
     a link at the last component is resolved too; without it, the link itself is
     the place (for `rm`). With `create`, missing directories on the way are made.
+    Only two descriptors are open at a time: a `..` from a link's target is walked
+    again from the home (the directory above may have moved since we passed it).
     Raises `OSError` for what the filesystem refuses, `ForbiddenError` for an escape.
     """
-    stack: list[tuple[int, tuple[str, ...]]] = [(home_fd, home)]
+    fd, where = (os.dup(start[0]), start[1]) if start is not None else (os.dup(home_fd), home)
     pending = list(reversed(parts))
     hops = 0
     try:
@@ -120,16 +133,17 @@ def walk(
             if name in ("", "."):
                 continue
             if name == "..":
-                if len(stack) == 1:
+                if len(where) <= len(home):
                     raise ForbiddenError("a symbolic link leads outside the home directory")
-                os.close(stack.pop()[0])
+                where = where[:-1]
+                os.close(fd)
+                fd = -1
+                fd = _open_below(home_fd, where[len(home) :])
                 continue
             if name.startswith(RESERVED_PREFIX):
                 raise ForbiddenError("a symbolic link leads to the server's own files")
-            fd, where = stack[-1]
             if not pending and not (follow and _is_symlink(fd, name)):
-                place = Place(fd, where, name)
-                stack.pop()
+                place, fd = Place(fd, where, name), -1
                 return place
             if pending:
                 try:
@@ -145,25 +159,57 @@ def walk(
                     if not stat_mod.S_ISLNK(kind):
                         raise
                 else:
-                    if len(stack) > MAX_DEPTH:
-                        os.close(child)
+                    os.close(fd)
+                    fd, where = child, (*where, name)
+                    if len(where) - len(home) > MAX_DEPTH:
                         raise ForbiddenError(f"the path is deeper than {MAX_DEPTH} directories")
-                    stack.append((child, (*where, name)))
                     continue
             hops += 1
             if hops > MAX_SYMLINKS:
                 raise ForbiddenError("too many levels of symbolic links")
             target = os.readlink(name, dir_fd=fd)
             if target.startswith("/"):
-                raise ForbiddenError("an absolute symbolic link is never followed")
+                inside = _below(target, home_path)
+                if inside is None:
+                    raise ForbiddenError("an absolute symbolic link leads outside the home directory")
+                os.close(fd)
+                fd = -1
+                fd, where = os.dup(home_fd), home
+                target = inside
             pending.extend(reversed(target.split("/")))
         # The path named the home itself, or a link's target ended on a directory
-        # already open (`sub/..`): the place is that directory, with no name.
-        fd, where = stack.pop()
-        return Place(fd, where, "")
+        # (`sub/..`): the place is that directory, with no name.
+        place, fd = Place(fd, where, ""), -1
+        return place
     finally:
-        for fd, _ in stack:
+        if fd >= 0:
             os.close(fd)
+        os.close(home_fd)
+
+
+def _below(target: str, home_path: str | None) -> str | None:
+    """An absolute link target as a path below the home, or None if it is not in it."""
+    if home_path is None:
+        return None
+    if target == home_path or target.rstrip("/") == home_path:
+        return ""
+    if target.startswith(home_path + "/"):
+        return target[len(home_path) + 1 :]
+    return None
+
+
+def _open_below(home_fd: int, parts: tuple[str, ...]) -> int:
+    """Open the directory `parts` below the home again, never following a link."""
+    fd = os.dup(home_fd)
+    try:
+        for name in parts:
+            child = open_dir(fd, name)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _mode(dir_fd: int, name: str) -> int:
@@ -185,7 +231,11 @@ def files_below(
     parts, name, lstat). Links and special files are skipped, never followed; `skip`
     names directories of the top level to leave out. Holds one descriptor per level."""
     subdirs = []
-    with os.scandir(dir_fd) as entries:
+    try:
+        entries = os.scandir(dir_fd)
+    except OSError:
+        return  # unreadable, or no descriptor left: skipped, never fatal
+    with entries:
         for item in entries:
             try:
                 st = item.stat(follow_symlinks=False)

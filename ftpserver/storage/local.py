@@ -120,6 +120,11 @@ def _valid_utf8(name: str) -> bool:
     return True
 
 
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        data = data[os.write(fd, data) :]
+
+
 def _fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
@@ -177,7 +182,7 @@ class LocalUpload:
             return
         try:
             with os_errors(self.path):
-                self.file.write(chunk)
+                _write_all(self.file.fileno(), chunk)  # unbuffered: an error shows here, not later
                 if self.writeback is not None:
                     self.writeback.wrote(len(chunk))
         except ProtocolError as exc:
@@ -208,12 +213,15 @@ class LocalUpload:
         if self.error is not None:
             self._discard()
             raise self.error
-        with os_errors(self.path):
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            # A rename keeps inode, size and mtime: this is what lands under the name.
-            self.temp_stat = os.fstat(self.file.fileno())
-            self.file.close()
+        try:
+            with os_errors(self.path):
+                os.fsync(self.file.fileno())
+                # A rename keeps inode, size and mtime: this is what lands under the name.
+                self.temp_stat = os.fstat(self.file.fileno())
+                self.file.close()
+        except ProtocolError:
+            self._discard()
+            raise
         if self.digest.hexdigest() != self.md5:
             self._discard()
             raise ChecksumMismatchError(f"{self.path}: received data does not match the announced md5")
@@ -269,14 +277,15 @@ class LocalUpload:
         would put the home over its quota: then it goes (the next put starts afresh)."""
         assert self.file is not None and self.temp is not None
         usage = self.storage.usage
-        with contextlib.suppress(OSError):
-            self.file.flush()
+        try:
             now = os.fstat(self.file.fileno()).st_size
-            with usage.lock:  # its own reservation gives way to the bytes it keeps
-                if usage.fits(self.home, self.account.quota, now - self.held - self.reservation.amount):
-                    usage.add(self.place.parts, now - self.held)
-                else:
-                    self._discard()
+        except OSError:
+            now = self.held + self.reservation.amount + 1  # unknown: do not keep it
+        with usage.lock:  # its own reservation gives way to the bytes it keeps
+            if usage.fits(self.home, self.account.quota, now - self.held - self.reservation.amount):
+                usage.add(self.place.parts, now - self.held)
+            else:
+                self._discard()
 
     def _discard(self) -> None:
         """Remove the bytes received; the home no longer holds them."""
@@ -319,6 +328,7 @@ class LocalStorage:
         self._lock = threading.Lock()
         self._released = threading.Condition(self._lock)
         self._claims: set[tuple[int, int, str]] = set()  # (dev, inode of the directory, name)
+        self._removing: set[tuple[int, int]] = set()  # directories an `rm` is emptying
         for home in count_usage_of:
             self.usage.track(home.relative_to(self.root).parts)
 
@@ -348,6 +358,7 @@ class LocalStorage:
         for fd in (self._meta_fd, self._root_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self._meta_fd = self._root_fd = -1  # a session still running gets EBADF, never another file
 
     @property
     def uploads_running(self) -> int:
@@ -377,7 +388,7 @@ class LocalStorage:
         home = self._home(account)
         with os_errors(vpath):
             try:
-                return walk(open_home(self._root_fd, home), home, parts, follow, create)
+                return walk(open_home(self._root_fd, home), home, parts, follow, create, str(account.home))
             except ForbiddenError as exc:
                 raise ForbiddenError(f"{_short(vpath)}: {exc.message}") from None
 
@@ -437,41 +448,44 @@ class LocalStorage:
         """A directory's entries: one fstatat each, whatever the depth; a link is shown
         as what it leads to if that is inside the home, else left out."""
         entries = []
-        with os.scandir(dir_fd) as items:
-            for item in items:
-                name = item.name
-                if name.startswith(RESERVED_PREFIX) or not _valid_utf8(name):
-                    continue
-                try:
-                    st: os.stat_result | None = item.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # vanished meanwhile
-                if st is not None and stat_mod.S_ISLNK(st.st_mode):
-                    st = self._near_link(dir_fd, where, name) or self._through_link(account, (*where, name))
-                if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
-                    entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
+        home_fd = -1
+        try:
+            with os.scandir(dir_fd) as items:
+                for item in items:
+                    name = item.name
+                    if name.startswith(RESERVED_PREFIX) or not _valid_utf8(name):
+                        continue
+                    try:
+                        st: os.stat_result | None = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue  # vanished meanwhile
+                    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                        if home_fd < 0:
+                            home_fd = open_home(self._root_fd, self._home(account))
+                        st = self._follow(account, home_fd, (dir_fd, where), name)
+                    if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
+                        entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
+        finally:
+            if home_fd >= 0:
+                os.close(home_fd)
         return sorted(entries, key=lambda e: e["name"])
 
-    def _near_link(self, dir_fd: int, where: tuple[str, ...], name: str) -> os.stat_result | None:
-        """What a link leads to when that lies below its own directory (most links): found
-        from the directory's descriptor, so listing links costs the same at any depth.
-        None when it climbs out of the directory: then `_through_link` decides."""
-        try:
-            with walk(os.dup(dir_fd), where, (name,), follow=True) as place:
-                fd, st = self._open(place, "")
-                os.close(fd)
-                return st
-        except (OSError, ProtocolError):
-            return None
-
-    def _through_link(
-        self, account: Account, physical: tuple[str, ...], vpath: str | None = None
+    def _follow(
+        self,
+        account: Account,
+        home_fd: int,
+        start: tuple[int, tuple[str, ...]],
+        name: str,
+        vpath: str | None = None,
     ) -> os.stat_result | None:
-        """The stat of what a link leads to; None if it is dangling. One that leads out of
-        the home is None too, or with `vpath` (the path the client named) `forbidden`."""
+        """The stat of what the link `name` in the directory `start` leads to, walked from
+        that directory (so a link costs the same at any depth); None if it is dangling.
+        One that leads out of the home is None too, or with `vpath` `forbidden`."""
         home = self._home(account)
         try:
-            with walk(open_home(self._root_fd, home), home, physical[len(home) :], follow=True) as place:
+            with walk(
+                os.dup(home_fd), home, (name,), True, home_path=str(account.home), start=start
+            ) as place:
                 fd, st = self._open(place, "")
                 os.close(fd)
                 return st
@@ -525,14 +539,18 @@ class LocalStorage:
         vpath, parts = self._parse(account, path)
         if not parts:
             raise IsDirectoryError("/: is a directory")
-        if self.max_file_size is not None and size > self.max_file_size:
-            raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
         home = self._home(account)
         try:
-            place = self._walk(account, vpath, parts, follow=True)
+            place: Place | None = self._walk(account, vpath, parts, follow=True)
         except NotFoundError:
             if not parents:
                 raise NotFoundError(f"{vpath}: parent directory does not exist") from None
+            place = None
+        if self.max_file_size is not None and size > self.max_file_size:  # after the path's checks
+            if place is not None:
+                place.close()
+            raise TooLargeError(f"{vpath}: {size} bytes exceeds the limit of {self.max_file_size}")
+        if place is None:
             self.usage.reserve(home, account.quota, size, vpath).release()  # a check: nothing is made yet
             place = self._walk(account, vpath, parts, follow=True, create=True)
         try:
@@ -588,7 +606,7 @@ class LocalStorage:
         with os_errors(vpath):
             fd, held = self._open_partial(place, name) if name.startswith(PARTIAL_PREFIX) else (None, 0)
         if fd is not None:
-            upload.file = open(fd, "r+b", closefd=True)  # noqa: SIM115 - owned by the upload
+            upload.file = open(fd, "r+b", buffering=0, closefd=True)  # noqa: SIM115 - owned by the upload
         if fd is not None and held > upload.size:  # cannot be this upload's: start again
             with os_errors(vpath):
                 os.ftruncate(fd, 0)
@@ -606,7 +624,7 @@ class LocalStorage:
                     raise ForbiddenError(
                         f"{vpath}: something keeps appearing at the upload's partial file"
                     ) from None
-                upload.file = open(fd, "r+b", closefd=True)  # noqa: SIM115 - owned by the upload
+                upload.file = open(fd, "r+b", buffering=0, closefd=True)  # noqa: SIM115 - owned by the upload
             upload.digest = new_md5(upload.size - held, md5_of(upload.file, held))
             upload.file.seek(held)
         upload.offset, upload.writeback = held, Writeback(upload.file, held)
@@ -619,18 +637,20 @@ class LocalStorage:
         The name is ours but the directory may be writable by others: anything there
         that is not a plain file with a single link is removed unopened, so the upload
         can never write through it to another file, wait on it, or learn its size."""
-        try:
-            fd = os.open(name, WRITE_FLAGS, dir_fd=place.dir_fd)
-        except FileNotFoundError:
+        seen = _lstat(place.dir_fd, name)
+        if seen is None:
             return None, 0
-        except OSError as exc:
-            if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
-                raise
-        else:
-            st = os.fstat(fd)
-            if stat_mod.S_ISREG(st.st_mode) and st.st_nlink == 1:
-                return fd, st.st_size
-            os.close(fd)
+        if stat_mod.S_ISREG(seen.st_mode) and seen.st_nlink == 1:
+            try:  # non-blocking and never following: whatever was swapped in meanwhile
+                fd = os.open(name, WRITE_FLAGS, dir_fd=place.dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENOENT):
+                    raise
+            else:
+                st = os.fstat(fd)
+                if (st.st_dev, st.st_ino, st.st_nlink) == (seen.st_dev, seen.st_ino, 1):
+                    return fd, st.st_size
+                os.close(fd)
         self._remove_intruder(place, name)
         return None, 0
 
@@ -745,24 +765,22 @@ class LocalStorage:
         """Mark `name` in the directory as in use; False if another upload kept it for `wait` s."""
         key = self._claim_key(dir_fd, name)
         with self._lock:
+            if key[:2] in self._removing:
+                raise NotFoundError("the directory is being removed")
             if not self._released.wait_for(lambda: key not in self._claims, wait):
                 return False
             self._claims.add(key)
             return True
 
     def unclaim(self, dir_fd: int, key: tuple[int, int, str]) -> None:
-        """Give a claimed name back; a private temp file is removed (never resumed)."""
-        with self._lock:
-            self._claims.discard(key)
-            self._released.notify_all()
+        """Give a claimed name back; a private temp file is removed (never resumed) while
+        still claimed, so the stale sweep cannot take it at the same moment."""
         if key[2].startswith(TEMP_PREFIX):
             with contextlib.suppress(OSError):
                 os.unlink(key[2], dir_fd=dir_fd)
-
-    def _claimed_in(self, dir_fd: int) -> bool:
-        st = os.fstat(dir_fd)
         with self._lock:
-            return any(key[:2] == (st.st_dev, st.st_ino) for key in self._claims)
+            self._claims.discard(key)
+            self._released.notify_all()
 
     # -- directories and removal -----------------------------------------------
 
@@ -778,7 +796,11 @@ class LocalStorage:
             except FileExistsError:
                 st = _lstat(place.dir_fd, place.name)
                 if st is not None and stat_mod.S_ISLNK(st.st_mode):
-                    st = self._through_link(account, (*place.parts, place.name), vpath)
+                    home_fd = open_home(self._root_fd, self._home(account))
+                    try:
+                        st = self._follow(account, home_fd, (place.dir_fd, place.parts), place.name, vpath)
+                    finally:
+                        os.close(home_fd)
                 if parents and st is not None and stat_mod.S_ISDIR(st.st_mode):
                     return  # made meanwhile, perhaps by another `mkdir -p`: that is success
                 raise
@@ -810,10 +832,13 @@ class LocalStorage:
                 names = [item.name for item in items]
             if any(not name.startswith(RESERVED_PREFIX) for name in names):
                 raise NotEmptyError(f"{vpath}: directory is not empty")
-            with self._lock:  # no upload may claim a name in it until it is gone
-                st = os.fstat(fd)
-                if any(key[:2] == (st.st_dev, st.st_ino) for key in self._claims):
+            st = os.fstat(fd)
+            ident = (st.st_dev, st.st_ino)
+            with self._lock:  # from here on no upload may claim a name in it
+                if any(key[:2] == ident for key in self._claims):
                     raise NotEmptyError(f"{vpath}: an upload into it is in progress")
+                self._removing.add(ident)
+            try:
                 for name in names:
                     with self.usage.lock:
                         held = _lstat(fd, name)
@@ -822,6 +847,9 @@ class LocalStorage:
                             if stat_mod.S_ISREG(held.st_mode):
                                 self.usage.add(where, -held.st_size)
                 os.rmdir(place.name, dir_fd=place.dir_fd)
+            finally:
+                with self._lock:
+                    self._removing.discard(ident)
         finally:
             os.close(fd)
 
