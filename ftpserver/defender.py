@@ -43,7 +43,7 @@ class Event:
     LOGIN_FAILED = "login_failed"  # a wrong password for a real user
     UNKNOWN_USER = "unknown_user"  # a login for a user that does not exist
     NO_LOGIN = "no_login"  # a connection that ended without trying to log in, where login is required
-    PROTOCOL_VIOLATION = "protocol_violation"  # garbage frames, a failed TLS handshake
+    PROTOCOL_VIOLATION = "protocol_violation"  # garbage frames, a TLS handshake that is not TLS
     LIMIT_EXCEEDED = "limit_exceeded"  # refused for having too many connections open
 
 
@@ -162,7 +162,11 @@ class Defender:
             mtime = None
         if mtime != self._seen_mtime:
             self._seen_mtime = mtime
-            self._bans = self.file.read()
+            bans, now = self.file.read(), time.time()
+            for source, ban in self._bans.items():
+                if ban.active(now) and not (source in bans and bans[source].active(now)):
+                    log.info("unban %s (lifted outside this server)", source)
+            self._bans = bans
 
     def banned(self, address: str) -> Ban | None:
         """The active ban of the address's source, if it has one."""

@@ -115,6 +115,8 @@ class Session(socketserver.BaseRequestHandler):
             self.request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             log.info("tls handshake with %s failed: %s", self.peer, clean(exc))
+            if isinstance(exc, ssl.SSLError):  # not TLS at all, or garbage: a timeout is not scored
+                self.server.defender.record(self.client_address[0], Event.PROTOCOL_VIOLATION)
             return False
         self.request.settimeout(self.limits.idle_timeout)
         return True
