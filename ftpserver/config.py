@@ -9,6 +9,7 @@ starts the same from any working directory.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import ssl
@@ -121,9 +122,17 @@ class _Section:
 
     def number(self, key: str, default: float, minimum: float = 0) -> float:
         value = self.get(key, (int, float), default)
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, not {value!r}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}")
         return value
+
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        value = self.number(key, default, minimum)
+        if value != int(value):
+            raise self.error(key, f"must be a whole number, not {value!r}")
+        return int(value)
 
     def size(self, key: str) -> int | None:
         value = self.data.get(key)
@@ -255,14 +264,14 @@ def _defender(top: _Section) -> DefenderConfig:
         raise section.error("safelist", str(exc)) from None
     return DefenderConfig(
         enabled=section.get("enabled", bool, True),
-        threshold=int(section.number("threshold", default.threshold, 1)),
+        threshold=section.integer("threshold", default.threshold, 1),
         observation_time=section.number("observation_time", default.observation_time, 1),
         ban_time=section.number("ban_time", default.ban_time, 1),
         ban_growth=section.number("ban_growth", default.ban_growth, 1),
         max_ban_time=section.number("max_ban_time", default.max_ban_time, 1),
         forget_after=section.number("forget_after", default.forget_after, 0),
         safelist=networks,
-        scores={name: int(scores.number(name, value)) for name, value in DEFAULT_SCORES.items()},
+        scores={name: scores.integer(name, value) for name, value in DEFAULT_SCORES.items()},
     )
 
 
@@ -333,7 +342,7 @@ def parse_users(data: Any, path: Path, root: Path) -> dict[str, Account]:
             bandwidth=entry.size("bandwidth"),
             max_sessions=None
             if entry.data.get("max_sessions") is None
-            else int(entry.number("max_sessions", 1, 1)),
+            else entry.integer("max_sessions", 1, 1),
         )
     return accounts
 

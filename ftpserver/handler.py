@@ -117,6 +117,7 @@ class Session(socketserver.BaseRequestHandler):
             log.info("tls handshake with %s failed: %s", self.peer, clean(exc))
             if isinstance(exc, ssl.SSLError):  # not TLS at all, or garbage: a timeout is not scored
                 self.server.defender.record(self.client_address[0], Event.PROTOCOL_VIOLATION)
+                self.tried_login = True  # scored once: not again as a connection that never logged in
             return False
         self.request.settimeout(self.limits.idle_timeout)
         return True
@@ -188,8 +189,7 @@ class Session(socketserver.BaseRequestHandler):
         if not valid:
             self.failed_logins += 1
             log.warning("login failed %s user=%r", self.peer, clean(user))
-            if banned is None:
-                time.sleep(self.limits.login_delay)
+            time.sleep(self.limits.login_delay)  # the same for every failure, the banning one too
             closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
         assert account is not None
@@ -200,6 +200,7 @@ class Session(socketserver.BaseRequestHandler):
         if not self.server.user_session_started(account):
             raise BusyError(f"user {user!r} has {account.max_sessions} sessions open already")
         self.account, self.logged_in = account, True
+        self.server.defender.logged_in(host)
         log.info("login %s user=%r permissions=%s", self.peer, clean(user), account.permissions)
         self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
 

@@ -131,7 +131,8 @@ class FileServer(socketserver.ThreadingTCPServer):
         ban = self.defender.banned(host)
         if ban is None:
             return False
-        log.info("refused %s: banned for %.0fs more", host, ban.until - time.time())
+        if self.defender.worth_logging(host):
+            log.info("refused %s: banned for %.0fs more (one line a minute)", host, ban.until - time.time())
         if self.config.tls is None:
             with contextlib.suppress(OSError):
                 request.setblocking(False)
@@ -265,4 +266,5 @@ class FileServer(socketserver.ThreadingTCPServer):
             while self._sessions and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.server_close()
+        self.defender.save()  # bans not yet on disk
         self.storage.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -176,9 +177,16 @@ def defended(
     return load_config(path)
 
 
-def ban_file(config: ServerConfig) -> dict:
+def ban_file(config: ServerConfig, waiting_for: str | None = None) -> dict:
+    """The bans on disk. The server writes them from a thread of its own, a moment
+    after the ban: with `waiting_for`, wait (up to 5 s) until that source is there."""
     path = config.storage_root / ".sockftp" / "bans.json"
-    return json.loads(path.read_text())["bans"] if path.exists() else {}
+    deadline = time.monotonic() + 5
+    while True:
+        bans = json.loads(path.read_text())["bans"] if path.exists() else {}
+        if waiting_for is None or waiting_for in bans or time.monotonic() > deadline:
+            return bans
+        time.sleep(0.02)
 
 
 # -- attackers in threads ---------------------------------------------------------------
@@ -421,6 +429,7 @@ def test_a_second_offence_bans_for_longer(tmp_path, serve, capsys):
     for offence in (1, 2):
         assert wrong_logins(running.port, 3) == ["auth_failed"] * 3
         banned_at = time.time()
+        wait_until(lambda n=offence: ban_file(config, ATTACKER).get(ATTACKER, {}).get("offences") == n, 5)
         entry = ban_file(config)[ATTACKER]
         assert entry["offences"] == offence
         recorded.append(entry["until"] - banned_at)
@@ -462,7 +471,7 @@ def test_a_safelisted_address_is_never_banned(tmp_path, serve):
     assert ban_file(config) == {}
     assert wrong_logins(running.port, 5, source=LEGIT) == ["auth_failed"] * 5
     assert is_banned_answer(greeted(running.port, LEGIT))
-    assert list(ban_file(config)) == [LEGIT]
+    assert list(ban_file(config, LEGIT)) == [LEGIT]
     assert greeted(running.port, ATTACKER)["type"] == "hello"
 
 
@@ -565,6 +574,54 @@ def test_refusals_over_the_per_address_limit_are_scored(tmp_path, serve):
     finally:
         for peer in held:
             peer.sock.close()
+
+
+def test_refusals_of_an_address_that_logged_in_are_its_own_batch_not_an_attack(tmp_path, serve):
+    """A user's `-j 30` over the per-address limit must not get the user banned."""
+    config = defended(tmp_path, limits={"max_connections_per_address": 2})
+    running = serve(config)
+    assert timed_login(running.port, source=ATTACKER) < 1
+    assert wait_until(lambda: running.server.session_count == 0)  # that login's session is over
+    held = [Peer(running.port) for _ in range(2)]
+    try:
+        for peer in held:
+            assert peer.recv()["type"] == "hello"
+        for _ in range(3 * config.defender.threshold):
+            assert "too many connections" in greeted(running.port)["message"]
+    finally:
+        for peer in held:
+            peer.sock.close()
+    assert wait_until(lambda: running.server.session_count == 0)
+    assert greeted(running.port)["type"] == "hello"
+
+
+def test_what_a_banned_address_does_meanwhile_is_not_a_new_offence(tmp_path):
+    defender = Defender(DefenderConfig(threshold=2, ban_time=60), tmp_path / "bans.json")
+    defender.record(ATTACKER, Event.UNKNOWN_USER)
+    assert defender.banned(ATTACKER).offences == 1
+    for _ in range(10):
+        assert defender.record(ATTACKER, Event.NO_LOGIN) is None
+    assert defender.banned(ATTACKER).offences == 1
+
+
+def test_a_safelist_entry_narrower_than_a_64_and_one_added_after_a_ban(tmp_path):
+    safe = DefenderConfig(threshold=1, safelist=(ipaddress.ip_network("2001:db8::5/128"),))
+    defender = Defender(safe, tmp_path / "bans.json")
+    assert defender.record("2001:db8::5", Event.LOGIN_FAILED) is None
+    assert defender.record("2001:db8::6", Event.LOGIN_FAILED) is not None
+    assert defender.banned("2001:db8::5") is None  # its /64 is banned, the address itself is safe
+
+
+def test_a_ban_file_that_cannot_be_written_leaves_the_server_serving(tmp_path, serve, caplog):
+    config = defended(tmp_path, defender={"threshold": 3})
+    (config.storage_root / ".sockftp").mkdir(mode=0o700)
+    (config.storage_root / ".sockftp" / "bans.json").mkdir()  # neither readable nor replaceable
+    running = serve(config)
+    assert wrong_logins(running.port, 3) == ["auth_failed"] * 3
+    assert is_banned_answer(greeted(running.port))  # the ban holds in memory
+    assert timed_login(running.port) < 1  # and everyone else is served
+    assert wait_until(lambda: any("cannot write the ban file" in r.message for r in caplog.records))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_ipv6_addresses_are_judged_by_their_64(tmp_path):
