@@ -133,15 +133,18 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"ftpserver: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    stop = threading.Event()
+    stop, reload = threading.Event(), threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     host, port = server.address
     log.info("listening on %s:%s, storage %s", host, port, config.storage_root)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
-    while not stop.wait(0.5):
-        pass
+    while not stop.wait(0.25):
+        if reload.is_set():  # SIGHUP: read the config and users again, keep serving
+            reload.clear()
+            server.reload(overrides)
     log.info("stopping: no new connections; running transfers get %gs", config.limits.shutdown_grace)
     server.stop()
     log.info("stopped")
@@ -190,7 +193,11 @@ def add_user(args: argparse.Namespace) -> int:
         return 1
     entry["password"] = hash_password(password)
     save_users(config.users_file, entries)
-    print(f"ftpserver: user {args.name!r} saved in {config.users_file}", file=sys.stderr)
+    print(
+        f"ftpserver: user {args.name!r} saved in {config.users_file}; "
+        "a running server takes it on SIGHUP (kill -HUP PID)",
+        file=sys.stderr,
+    )
     return 0
 
 

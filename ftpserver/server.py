@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
@@ -22,7 +23,7 @@ from importlib import metadata
 from ftpproto import BusyError, encode_frame
 from ftpproto.pacing import RateLimiter
 
-from .config import Account, ServerConfig
+from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
 from .handler import Session
 from .storage import open_storage
@@ -222,6 +223,38 @@ class FileServer(socketserver.ThreadingTCPServer):
             if key not in self._rates:
                 self._rates[key] = RateLimiter(account.bandwidth)
             return self._rates[key]
+
+    def reload(self, overrides: dict | None = None) -> bool:
+        """Read the config file and its users file again and apply what can change while
+        serving: users, anonymous access, limits, the defender. Running sessions keep the
+        settings they started with. A file with an error changes nothing (logged)."""
+        try:
+            new = dataclasses.replace(load_config(self.config.path), **(overrides or {}))
+        except ConfigError as exc:
+            log.error("reload refused, the running settings stay: %s", exc)
+            return False
+        old = self.config
+        fixed = {
+            "listen": (new.host, new.port) != (old.host, old.port),
+            "storage": (new.storage_root, new.storage_backend) != (old.storage_root, old.storage_backend),
+            "tls": (new.tls is None) != (old.tls is None),
+            "limits.max_file_size": new.limits.max_file_size != old.limits.max_file_size,
+        }
+        self.config = dataclasses.replace(
+            new,
+            host=old.host,
+            port=old.port,
+            storage_root=old.storage_root,
+            storage_backend=old.storage_backend,
+            tls=old.tls,
+            limits=dataclasses.replace(new.limits, max_file_size=old.limits.max_file_size),
+        )
+        self.defender.config = new.defender
+        log.info("reloaded %s: %d users", new.path, len(new.users))
+        if any(fixed.values()):
+            changed = ", ".join(name for name, differs in fixed.items() if differs)
+            log.warning("reload: changes to %s need a restart; the running values stay", changed)
+        return True
 
     def _clean_partials(self) -> None:
         """Remove abandoned partial uploads at start, then every so often."""
