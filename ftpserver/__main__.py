@@ -34,6 +34,7 @@ from .config import (
     save_users,
 )
 from .defender import Defender
+from .logfmt import JsonFormatter
 from .server import FileServer, version
 
 __all__ = ["main"]
@@ -128,6 +129,9 @@ def serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     try:
         server = FileServer(config)
     except OSError as exc:
@@ -138,7 +142,13 @@ def serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
     host, port = server.address
-    log.info("listening on %s:%s, storage %s", host, port, config.storage_root)
+    log.info(
+        "listening on %s:%s, storage %s, tls %s",
+        host,
+        port,
+        config.storage_root,
+        "on" if config.tls else "off",
+    )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     while not stop.wait(0.25):

@@ -85,6 +85,7 @@ class ServerConfig:
     anonymous: Account | None
     limits: Limits
     log_level: str = "info"
+    log_format: str = "text"
     storage_backend: str = "local"
     defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
@@ -187,7 +188,9 @@ def load_config(path: str | Path) -> ServerConfig:
     """Read and check the main config and its users file."""
     path = Path(path).absolute()
     top = _Section(path, "", _read_yaml(path))
-    top.only("listen", "storage", "users_file", "anonymous", "limits", "log_level", "tls", "defender")
+    top.only(
+        "listen", "storage", "users_file", "anonymous", "limits", "log_level", "log_format", "tls", "defender"
+    )
     base = path.parent
 
     listen = top.section("listen")
@@ -231,6 +234,10 @@ def load_config(path: str | Path) -> ServerConfig:
     if log_level not in ("debug", "info", "warning", "error"):
         raise top.error("log_level", "must be debug, info, warning or error")
 
+    log_format = top.get("log_format", str, "text").lower()
+    if log_format not in ("text", "json"):
+        raise top.error("log_format", "must be text or json")
+
     users_file = (base / top.get("users_file", str, "users.yaml")).absolute()
     return ServerConfig(
         path=path,
@@ -242,6 +249,7 @@ def load_config(path: str | Path) -> ServerConfig:
         anonymous=anonymous,
         limits=limits,
         log_level=log_level,
+        log_format=log_format,
         storage_backend=backend,
         defender=_defender(top),
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,

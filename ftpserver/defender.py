@@ -272,7 +272,12 @@ class Defender:
             del self._events[source]
             ban = self._ban(source)
         log.warning(
-            "ban %s for %.0fs (offence %d, after %s)", source, ban.until - time.time(), ban.offences, event
+            "ban %s for %.0fs (offence %d, after %s)",
+            source,
+            ban.until - time.time(),
+            ban.offences,
+            event,
+            extra={"event": "ban", "source": source, "seconds": round(ban.until - time.time())},
         )
         return ban
 

@@ -88,7 +88,7 @@ class Session(socketserver.BaseRequestHandler):
         self.server.session_ended(self)
 
     def handle(self) -> None:
-        log.info("connect %s", self.peer)
+        log.info("connect %s", self.peer, extra={"event": "connect", "peer": self.peer})
         started = time.monotonic()
         try:
             if isinstance(self.request, ssl.SSLSocket) and not self.handshake():
@@ -105,7 +105,10 @@ class Session(socketserver.BaseRequestHandler):
                 pass
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
             log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
-        log.info("disconnect %s after %.1fs", self.peer, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        log.info(
+            "disconnect %s after %.1fs", self.peer, seconds, extra=self.fields("disconnect", seconds=seconds)
+        )
 
     def handshake(self) -> bool:
         """Complete the TLS handshake; a peer that fails it (plain TCP, wrong
@@ -188,7 +191,12 @@ class Session(socketserver.BaseRequestHandler):
                 banned = self.server.defender.record(host, event)
         if not valid:
             self.failed_logins += 1
-            log.warning("login failed %s user=%r", self.peer, clean(user))
+            log.warning(
+                "login failed %s user=%r",
+                self.peer,
+                clean(user),
+                extra=self.fields("login_failed", user=user),
+            )
             time.sleep(self.limits.login_delay)  # the same for every failure, the banning one too
             closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
@@ -201,7 +209,13 @@ class Session(socketserver.BaseRequestHandler):
             raise BusyError(f"user {user!r} has {account.max_sessions} sessions open already")
         self.account, self.logged_in = account, True
         self.server.defender.logged_in(host)
-        log.info("login %s user=%r permissions=%s", self.peer, clean(user), account.permissions)
+        log.info(
+            "login %s user=%r permissions=%s",
+            self.peer,
+            clean(user),
+            account.permissions,
+            extra=self.fields("login"),
+        )
         self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
 
     def op_ls(self, path: str) -> None:
@@ -252,6 +266,13 @@ class Session(socketserver.BaseRequestHandler):
         started = time.monotonic()
         upload = self.storage.begin_upload(self.account, path, size, md5, overwrite, parents)
         count = size - upload.offset
+        received = 0
+
+        def counted(chunk: memoryview) -> None:
+            nonlocal received
+            upload.write(chunk)
+            received += len(chunk)
+
         try:
             self.stream.send({"ok": True, "offset": upload.offset})
             self.in_exchange = True
@@ -259,18 +280,18 @@ class Session(socketserver.BaseRequestHandler):
             self.request.settimeout(self.limits.stall_timeout)
             try:
                 write, chunk = (
-                    (upload.write, BUFFER_SIZE)
+                    (counted, BUFFER_SIZE)
                     if limiter is None
-                    else (_throttled(upload.write, limiter), limiter.CHUNK)
+                    else (_throttled(counted, limiter), limiter.CHUNK)
                 )
                 self.stream.recv_data(count, write, chunk, space=upload.space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             upload.finish()
         except BaseException as exc:
-            upload.abort()
+            kept = upload.abort()
             result = getattr(exc, "code", exc.__class__.__name__)
-            self.log_transfer("put", path, 0, started, f"failed ({result})")
+            self.log_transfer("put", path, received, started, f"failed ({result})", kept)
             raise
         finally:
             self.request.settimeout(self.limits.idle_timeout)
@@ -279,27 +300,43 @@ class Session(socketserver.BaseRequestHandler):
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.account, path, parents)
-        log.info("mkdir %s %s", self.peer, clean(path))
+        log.info("mkdir %s %s", self.peer, clean(path), extra=self.fields("mkdir", path=path))
         self.stream.send({"ok": True})
 
     def op_rm(self, path: str) -> None:
         self.storage.remove(self.account, path)
-        log.info("rm %s %s", self.peer, clean(path))
+        log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
         self.stream.send({"ok": True})
 
     def op_quit(self) -> bool:
         self.stream.send({"ok": True})
         return False
 
-    def log_transfer(self, op: str, path: str, count: int, started: float, result: str) -> None:
+    def fields(self, event: str, **more: object) -> dict:
+        """The structured fields of an event line (for `log_format: json`)."""
         user = self.account.name if self.account and self.account.name else "anonymous"
+        cleaned = {key: clean(value) if isinstance(value, str) else value for key, value in more.items()}
+        return {"event": event, "peer": self.peer, "user": clean(user), **cleaned}
+
+    def log_transfer(
+        self, op: str, path: str, count: int, started: float, result: str, kept: int | None = None
+    ) -> None:
+        """One line per transfer; an interrupted put says how many bytes it kept for a resume."""
+        seconds = time.monotonic() - started
+        fields = self.fields(
+            "transfer", op=op, path=path, bytes=count, seconds=round(seconds, 3), result=result
+        )
+        if kept is not None:
+            fields["kept"] = kept
         log.info(
-            "transfer %s %s user=%s path=%r bytes=%d seconds=%.3f result=%s",
+            "transfer %s %s user=%s path=%r bytes=%d seconds=%.3f result=%s%s",
             op,
             self.peer,
-            clean(user),
+            fields["user"],
             clean(path),
             count,
-            time.monotonic() - started,
+            seconds,
             result,
+            "" if kept is None else f" kept={kept}",
+            extra=fields,
         )

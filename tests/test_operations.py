@@ -1,15 +1,18 @@
-"""Running it in production (issue 14): reloading users and limits with SIGHUP."""
+"""Running it in production (issue 14): reloading with SIGHUP, JSON logs."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 
 from ftpclient import Client
-from ftpproto import AuthFailedError, BusyError
+from ftpproto import AuthFailedError, BusyError, FrameStream
 
 from .conftest import wait_until, write_config
 
@@ -74,3 +77,43 @@ def test_sighup_changes_limits_but_not_what_needs_a_restart(tmp_path, server_pro
     first = Client("127.0.0.1", server.port, timeout=10)  # still where it listened
     with first, pytest.raises(BusyError, match="too many connections"):
         Client("127.0.0.1", server.port, timeout=10).__enter__()
+
+
+def test_json_logs_parse_line_by_line_and_carry_the_event_fields(tmp_path, server_process):
+    config = write_config(tmp_path, log_format="json")
+    server = server_process(config)
+    (tmp_path / "f").write_bytes(b"x" * 1000)
+    with Client("127.0.0.1", server.port, user="alice", password="alice-pw", timeout=10) as alice:
+        alice.put(tmp_path / "f", "/f")
+        alice.get("/f", tmp_path / "back")
+    assert not logs_in(server.port, "alice", "wrong")
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in server.log]  # every line, or this raises
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    assert any("tls off" in line["message"] for line in lines)
+    transfers = {line["op"]: line for line in lines if line.get("event") == "transfer"}
+    assert transfers["put"]["bytes"] == transfers["get"]["bytes"] == 1000
+    assert transfers["put"]["user"] == "alice" and transfers["put"]["path"] == "/f"
+    assert transfers["put"]["result"] == "ok" and isinstance(transfers["put"]["seconds"], float)
+    assert [line["user"] for line in lines if line.get("event") == "login_failed"] == ["alice"]
+    assert {"connect", "login", "disconnect"} <= {line.get("event") for line in lines}
+
+
+def test_an_interrupted_put_logs_the_bytes_it_received_and_kept(tmp_path, server_process):
+    config = write_config(tmp_path, log_format="json")
+    server = server_process(config)
+    data = b"y" * 100_000
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        stream = FrameStream(sock)
+        assert stream.recv()["type"] == "hello"
+        stream.send({"op": "put", "path": "big", "size": len(data), "md5": hashlib.md5(data).hexdigest()})
+        assert stream.recv()["ok"]
+        sock.sendall(data[:40_000])
+
+    def interrupted() -> list[dict]:
+        lines = [json.loads(line) for line in server.log]
+        return [line for line in lines if line.get("event") == "transfer" and line["result"] != "ok"]
+
+    assert wait_until(lambda: interrupted(), 10)
+    line = interrupted()[0]
+    assert line["op"] == "put" and line["bytes"] == line["kept"] == 40_000

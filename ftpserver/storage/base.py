@@ -54,8 +54,9 @@ class Upload(Protocol):
         """Verify the MD5 and make the file visible under its name; raises on any failure,
         leaving the previous file (if any) as it was."""
 
-    def abort(self) -> None:
-        """Stop without publishing: what arrived is kept for a resume if the quota allows."""
+    def abort(self) -> int:
+        """Stop without publishing: what arrived is kept for a resume if the quota allows.
+        Returns how many bytes are kept for a resume (0 if none)."""
 
 
 class Storage(Protocol):

@@ -201,10 +201,11 @@ class LocalUpload:
         finally:
             self.close()
 
-    def abort(self) -> None:
+    def abort(self) -> int:
         try:
             if self.file is not None and self.temp is not None and not self.temp.startswith(TEMP_PREFIX):
-                self._keep_for_resume()
+                return self._keep_for_resume()
+            return 0
         finally:
             self.close()
 
@@ -272,7 +273,7 @@ class LocalUpload:
             f"{self.path}: the upload's partial file was replaced on the server; send it again"
         )
 
-    def _keep_for_resume(self) -> None:
+    def _keep_for_resume(self) -> int:
         """An interrupted upload keeps its partial file for a resume, unless holding it
         would put the home over its quota: then it goes (the next put starts afresh)."""
         assert self.file is not None and self.temp is not None
@@ -284,8 +285,9 @@ class LocalUpload:
         with usage.lock:  # its own reservation gives way to the bytes it keeps
             if usage.fits(self.home, self.account.quota, now - self.held - self.reservation.amount):
                 usage.add(self.place.parts, now - self.held)
-            else:
-                self._discard()
+                return now
+            self._discard()
+            return 0
 
     def _discard(self) -> None:
         """Remove the bytes received; the home no longer holds them."""
