@@ -86,6 +86,7 @@ class ServerConfig:
     limits: Limits
     log_level: str = "info"
     log_format: str = "text"
+    metrics: tuple[str, int] | None = None  # where the Prometheus listener is, if any
     storage_backend: str = "local"
     defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
@@ -189,7 +190,16 @@ def load_config(path: str | Path) -> ServerConfig:
     path = Path(path).absolute()
     top = _Section(path, "", _read_yaml(path))
     top.only(
-        "listen", "storage", "users_file", "anonymous", "limits", "log_level", "log_format", "tls", "defender"
+        "listen",
+        "storage",
+        "users_file",
+        "anonymous",
+        "limits",
+        "log_level",
+        "log_format",
+        "tls",
+        "defender",
+        "metrics",
     )
     base = path.parent
 
@@ -250,10 +260,23 @@ def load_config(path: str | Path) -> ServerConfig:
         limits=limits,
         log_level=log_level,
         log_format=log_format,
+        metrics=_metrics(top),
         storage_backend=backend,
         defender=_defender(top),
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
+
+
+def _metrics(top: _Section) -> tuple[str, int] | None:
+    """`metrics: {host, port}`: the Prometheus listener; off when the section is absent."""
+    if top.data.get("metrics") is None:
+        return None
+    section = top.section("metrics")
+    section.only("host", "port")
+    port = section.integer("port", 9100, 0)
+    if port > 65535:
+        raise section.error("port", "must be at most 65535")
+    return section.get("host", str, "127.0.0.1"), port
 
 
 def _defender(top: _Section) -> DefenderConfig:

@@ -27,7 +27,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -166,8 +166,11 @@ class Defender:
     written by a thread of its own (so neither the accepting thread nor a session waits
     on a disk) and re-read when another process (`ftpserver unban`) changed it."""
 
-    def __init__(self, config: DefenderConfig, ban_file: Path) -> None:
+    def __init__(
+        self, config: DefenderConfig, ban_file: Path, on_ban: Callable[[], object] | None = None
+    ) -> None:
         self.config = config
+        self.on_ban = on_ban  # told of each ban (metrics)
         self.file = BanFile(ban_file)
         self._lock = threading.Lock()
         self._events: dict[str, collections.deque[tuple[float, int]]] = {}
@@ -279,6 +282,8 @@ class Defender:
             event,
             extra={"event": "ban", "source": source, "seconds": round(ban.until - time.time())},
         )
+        if self.on_ban is not None:
+            self.on_ban()
         return ban
 
     def _ban(self, source: str) -> Ban:

@@ -160,6 +160,7 @@ class Session(socketserver.BaseRequestHandler):
 
     def send_error(self, exc: ProtocolError) -> None:
         log.info("error %s %s: %s", self.peer, exc.code, clean(exc.message))
+        self.server.metrics.error(exc.code)
         with contextlib.suppress(OSError):
             self.stream.send(exc.to_response())
 
@@ -189,6 +190,7 @@ class Session(socketserver.BaseRequestHandler):
             if not valid:
                 event = Event.LOGIN_FAILED if account else Event.UNKNOWN_USER
                 banned = self.server.defender.record(host, event)
+        self.server.metrics.login(valid)
         if not valid:
             self.failed_logins += 1
             log.warning(
@@ -328,6 +330,7 @@ class Session(socketserver.BaseRequestHandler):
         )
         if kept is not None:
             fields["kept"] = kept
+        self.server.metrics.transfer(op, result.split(" ", 1)[0], count, seconds)
         log.info(
             "transfer %s %s user=%s path=%r bytes=%d seconds=%.3f result=%s%s",
             op,

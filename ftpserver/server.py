@@ -26,6 +26,7 @@ from ftpproto.pacing import RateLimiter
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
 from .handler import Session
+from .metrics import open_metrics
 from .storage import open_storage
 
 __all__ = ["FileServer", "version"]
@@ -49,7 +50,15 @@ class FileServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.storage = open_storage(config)
-        self.defender = Defender(config.defender, config.storage_root / ".sockftp" / "bans.json")
+        try:
+            self.metrics = open_metrics(config.metrics, lambda: self.session_count, self.storage.stats)
+        except ImportError:
+            raise ConfigError(
+                f"{config.path}: metrics: needs prometheus_client (pip install 'sockftp[metrics]')"
+            ) from None
+        self.defender = Defender(
+            config.defender, config.storage_root / ".sockftp" / "bans.json", on_ban=self.metrics.ban
+        )
         self._user_sessions: collections.Counter[str] = collections.Counter()
         self._login_slots: dict[str, tuple[threading.Semaphore, list[int]]] = {}
         self.version = version()
@@ -239,6 +248,8 @@ class FileServer(socketserver.ThreadingTCPServer):
             "storage": (new.storage_root, new.storage_backend) != (old.storage_root, old.storage_backend),
             "tls": (new.tls is None) != (old.tls is None),
             "limits.max_file_size": new.limits.max_file_size != old.limits.max_file_size,
+            "metrics": new.metrics != old.metrics,
+            "log_format": new.log_format != old.log_format,
         }
         self.config = dataclasses.replace(
             new,
@@ -248,6 +259,8 @@ class FileServer(socketserver.ThreadingTCPServer):
             storage_backend=old.storage_backend,
             tls=old.tls,
             limits=dataclasses.replace(new.limits, max_file_size=old.limits.max_file_size),
+            metrics=old.metrics,
+            log_format=old.log_format,
         )
         self.defender.config = new.defender
         log.info("reloaded %s: %d users", new.path, len(new.users))
@@ -300,4 +313,5 @@ class FileServer(socketserver.ThreadingTCPServer):
                 time.sleep(0.05)
         self.server_close()
         self.defender.save()  # bans not yet on disk
+        self.metrics.close()
         self.storage.close()

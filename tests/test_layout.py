@@ -43,3 +43,21 @@ def imported_names(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     return names | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+
+
+def test_every_package_of_ours_is_in_the_distribution():
+    """A non-editable install ships what setup.cfg finds: every folder with an __init__.py."""
+    import configparser
+
+    from setuptools import find_packages
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    include = [p.strip() for p in config["options.packages.find"]["include"].split(",")]
+    shipped = set(find_packages(str(ROOT), include=include))
+    ours = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for package in OURS
+        for p in (ROOT / package).rglob("__init__.py")
+    }
+    assert config["options"]["packages"].strip() == "find:" and ours <= shipped

@@ -1,4 +1,4 @@
-"""Running it in production (issue 14): reloading with SIGHUP, JSON logs."""
+"""Running it in production (issue 14): reloading with SIGHUP, JSON logs, metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ftpclient import Client
-from ftpproto import AuthFailedError, BusyError, FrameStream
+from ftpproto import AuthFailedError, BusyError, FrameStream, ProtocolError
 
 from .conftest import wait_until, write_config
 
@@ -117,3 +119,46 @@ def test_an_interrupted_put_logs_the_bytes_it_received_and_kept(tmp_path, server
     assert wait_until(lambda: interrupted(), 10)
     line = interrupted()[0]
     assert line["op"] == "put" and line["bytes"] == line["kept"] == 40_000
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """The metrics page over real HTTP, as {(sample name, sorted labels): value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_move_with_real_transfers_logins_errors_and_bans(make_config, serve, tmp_path):
+    running = serve(make_config(metrics={"host": "127.0.0.1", "port": 0}, defender={"safelist": []}))
+    port = running.server.metrics._http.server_address[1]
+    before = scrape(port)
+    assert before[("sockftp_active_sessions", ())] == 0
+    (tmp_path / "f").write_bytes(b"z" * 3000)
+    with Client("127.0.0.1", running.port, user="alice", password="alice-pw", timeout=10) as alice:
+        alice.put(tmp_path / "f", "/f")
+        alice.get("/f", tmp_path / "back")
+        alice.stat("/f")
+        with pytest.raises(ProtocolError):
+            alice.stat("/missing")
+        during = scrape(port)
+    assert during[("sockftp_active_sessions", ())] == 1
+    for _ in range(15):  # the defender's threshold with the default scores: a ban
+        logs_in(running.port, "alice", "wrong")
+    after = scrape(port)
+    assert after[("sockftp_transfers_total", (("op", "put"), ("result", "ok")))] == 1
+    assert after[("sockftp_transfers_total", (("op", "get"), ("result", "ok")))] == 1
+    assert after[("sockftp_transfer_bytes_total", (("op", "put"),))] == 3000
+    assert after[("sockftp_transfer_seconds_count", (("op", "get"),))] == 1
+    assert after[("sockftp_logins_total", (("result", "ok"),))] == 1
+    assert after[("sockftp_logins_total", (("result", "failed"),))] == 15
+    assert after[("sockftp_errors_total", (("code", "not_found"),))] == 1
+    assert after[("sockftp_bans_total", ())] == 1
+    assert after[("sockftp_checksum_cache_lookups_total", (("result", "hit"),))] >= 2  # get and stat
+
+
+def test_no_metrics_section_means_no_listener(server):
+    assert not hasattr(server.server.metrics, "_http")

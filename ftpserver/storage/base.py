@@ -89,5 +89,8 @@ class Storage(Protocol):
     def remove_stale_partials(self, max_age: float) -> int:
         """Delete interrupted uploads untouched for `max_age` seconds; return how many."""
 
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: checksum lookups by result (`hit`, `miss`)."""
+
     def close(self) -> None:
         """Release what the backend holds open."""

@@ -44,6 +44,7 @@ class ChecksumCache:
         self.database = Path(database)
         self._lock = threading.Lock()
         self._db = self._open()
+        self.stats = {"hit": 0, "miss": 0}  # lookups, for metrics
 
     def _open(self) -> sqlite3.Connection:
         try:
@@ -69,6 +70,7 @@ class ChecksumCache:
                 "SELECT md5 FROM checksums WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
                 (path, st.st_size, st.st_mtime_ns, st.st_ino),
             )
+            self.stats["hit" if rows else "miss"] += 1
         return rows[0][0] if rows else None
 
     def record(self, path: str, st: os.stat_result, md5: str) -> None:

@@ -355,6 +355,9 @@ class LocalStorage:
         proc = f"/proc/self/fd/{self._meta_fd}"
         return f"{proc}/{name}" if os.path.isdir(proc) else str(self.root / METADATA_DIR / name)
 
+    def stats(self) -> dict[str, int]:
+        return dict(self.checksums.stats)
+
     def close(self) -> None:
         self.checksums.close()
         for fd in (self._meta_fd, self._root_fd):
