@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import getpass
 import logging
+import os
 import resource
 import signal
 import sys
@@ -132,15 +133,16 @@ def serve(args: argparse.Namespace) -> int:
     if config.log_format == "json":
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter())
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())  # before the start: a HUP then waits for it
     try:
         server = FileServer(config)
     except OSError as exc:
         print(f"ftpserver: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 1
-    stop, reload = threading.Event(), threading.Event()
+    stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     host, port = server.address
     log.info(
         "listening on %s:%s, storage %s, tls %s",
@@ -164,7 +166,11 @@ def serve(args: argparse.Namespace) -> int:
 def defender_of(config: ServerConfig) -> Defender:
     """The defender's ban list of a config, as a running server keeps it."""
     metadata = config.storage_root / ".sockftp"
-    metadata.mkdir(mode=0o700, exist_ok=True)
+    if not metadata.exists():
+        metadata.mkdir(mode=0o700)
+        owner = config.storage_root.stat()
+        if os.geteuid() == 0 and owner.st_uid != 0:  # root's `bans` before the first start
+            os.chown(metadata, owner.st_uid, owner.st_gid)
     return Defender(config.defender, Path(metadata, "bans.json"))
 
 

@@ -23,6 +23,7 @@ from ftpproto.paths import RESERVED_PREFIX
 from ftpproto.units import parse_size
 
 from .defender import DEFAULT_SCORES, DefenderConfig
+from .hooks import EVENTS, Hook
 
 __all__ = [
     "Account",
@@ -87,6 +88,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "text"
     metrics: tuple[str, int] | None = None  # where the Prometheus listener is, if any
+    hooks: tuple[Hook, ...] = ()
     storage_backend: str = "local"
     defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
@@ -167,7 +169,14 @@ class _Section:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {str: "a string", int: "a number", float: "a number", dict: "a mapping", bool: "true or false"}
+    names = {
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        dict: "a mapping",
+        bool: "true or false",
+        list: "a list",
+    }
     return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
 
 
@@ -200,6 +209,7 @@ def load_config(path: str | Path) -> ServerConfig:
         "tls",
         "defender",
         "metrics",
+        "hooks",
     )
     base = path.parent
 
@@ -261,10 +271,34 @@ def load_config(path: str | Path) -> ServerConfig:
         log_level=log_level,
         log_format=log_format,
         metrics=_metrics(top),
+        hooks=_hooks(top),
         storage_backend=backend,
         defender=_defender(top),
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
+
+
+def _hooks(top: _Section) -> tuple[Hook, ...]:
+    """`hooks`: a list of {events, command (argument list) and/or url, timeout}."""
+    entries = top.get("hooks", list, [])
+    hooks = []
+    for number, data in enumerate(entries):
+        section = _Section(top.file, f"hooks[{number}]", data)
+        section.only("events", "command", "url", "timeout")
+        events = section.get("events", list, [])
+        unknown = [e for e in events if e not in EVENTS]
+        if not events or unknown:
+            raise section.error("events", f"must list some of: {', '.join(EVENTS)}")
+        command = section.get("command", list, [])
+        if not all(isinstance(arg, str) for arg in command):
+            raise section.error("command", "must be a list of strings (the program, then its arguments)")
+        url = section.get("url", str)
+        if not command and not url:
+            raise section.error("", "needs a command or a url")
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise section.error("url", "must start with http:// or https://")
+        hooks.append(Hook(tuple(events), tuple(command), url, section.number("timeout", 10.0, 0.1)))
+    return tuple(hooks)
 
 
 def _metrics(top: _Section) -> tuple[str, int] | None:

@@ -167,7 +167,7 @@ class Defender:
     on a disk) and re-read when another process (`ftpserver unban`) changed it."""
 
     def __init__(
-        self, config: DefenderConfig, ban_file: Path, on_ban: Callable[[], object] | None = None
+        self, config: DefenderConfig, ban_file: Path, on_ban: Callable[[str], object] | None = None
     ) -> None:
         self.config = config
         self.on_ban = on_ban  # told of each ban (metrics)
@@ -283,7 +283,7 @@ class Defender:
             extra={"event": "ban", "source": source, "seconds": round(ban.until - time.time())},
         )
         if self.on_ban is not None:
-            self.on_ban()
+            self.on_ban(source)
         return ban
 
     def _ban(self, source: str) -> Ban:

@@ -31,6 +31,7 @@ from ftpproto import (
     TimedOutError,
 )
 from ftpproto.messages import op_spec, parse_args
+from ftpproto.paths import join_path, split_path
 from ftpproto.stream import BUFFER_SIZE
 
 from .auth import verify_password
@@ -199,6 +200,7 @@ class Session(socketserver.BaseRequestHandler):
                 clean(user),
                 extra=self.fields("login_failed", user=user),
             )
+            self.server.hooks.emit("login_failed", user=user, address=host)
             time.sleep(self.limits.login_delay)  # the same for every failure, the banning one too
             closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
@@ -260,6 +262,7 @@ class Session(socketserver.BaseRequestHandler):
                 self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
                 raise
             self.log_transfer("get", path, count, started, "ok")
+            self.emit("download", path, size=snapshot.size, md5=snapshot.md5)
         finally:
             snapshot.close()
             self.request.settimeout(self.limits.idle_timeout)
@@ -298,21 +301,30 @@ class Session(socketserver.BaseRequestHandler):
         finally:
             self.request.settimeout(self.limits.idle_timeout)
         self.log_transfer("put", path, count, started, "ok")
+        self.emit("upload", path, size=size, md5=md5)
         self.stream.send({"ok": True, "size": size, "md5": md5})
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.account, path, parents)
         log.info("mkdir %s %s", self.peer, clean(path), extra=self.fields("mkdir", path=path))
+        self.emit("mkdir", path)
         self.stream.send({"ok": True})
 
     def op_rm(self, path: str) -> None:
         self.storage.remove(self.account, path)
         log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
+        self.emit("delete", path)
         self.stream.send({"ok": True})
 
     def op_quit(self) -> bool:
         self.stream.send({"ok": True})
         return False
+
+    def emit(self, event: str, path: str, **more: object) -> None:
+        """Tell the hooks (never waiting for them); `path` as the canonical virtual path."""
+        user = self.account.name if self.account and self.account.name else "anonymous"
+        where = join_path(split_path(path))
+        self.server.hooks.emit(event, user=user, path=where, address=self.client_address[0], **more)
 
     def fields(self, event: str, **more: object) -> dict:
         """The structured fields of an event line (for `log_format: json`)."""

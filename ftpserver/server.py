@@ -26,6 +26,7 @@ from ftpproto.pacing import RateLimiter
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
 from .handler import Session
+from .hooks import Hooks
 from .metrics import open_metrics
 from .storage import open_storage
 
@@ -56,8 +57,9 @@ class FileServer(socketserver.ThreadingTCPServer):
             raise ConfigError(
                 f"{config.path}: metrics: needs prometheus_client (pip install 'sockftp[metrics]')"
             ) from None
+        self.hooks = Hooks(config.hooks)
         self.defender = Defender(
-            config.defender, config.storage_root / ".sockftp" / "bans.json", on_ban=self.metrics.ban
+            config.defender, config.storage_root / ".sockftp" / "bans.json", on_ban=self._banned_now
         )
         self._user_sessions: collections.Counter[str] = collections.Counter()
         self._login_slots: dict[str, tuple[threading.Semaphore, list[int]]] = {}
@@ -233,6 +235,10 @@ class FileServer(socketserver.ThreadingTCPServer):
                 self._rates[key] = RateLimiter(account.bandwidth)
             return self._rates[key]
 
+    def _banned_now(self, source: str) -> None:
+        self.metrics.ban()
+        self.hooks.emit("ban", address=source)
+
     def reload(self, overrides: dict | None = None) -> bool:
         """Read the config file and its users file again and apply what can change while
         serving: users, anonymous access, limits, the defender. Running sessions keep the
@@ -250,6 +256,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             "limits.max_file_size": new.limits.max_file_size != old.limits.max_file_size,
             "metrics": new.metrics != old.metrics,
             "log_format": new.log_format != old.log_format,
+            "hooks": new.hooks != old.hooks,
         }
         self.config = dataclasses.replace(
             new,
@@ -261,6 +268,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             limits=dataclasses.replace(new.limits, max_file_size=old.limits.max_file_size),
             metrics=old.metrics,
             log_format=old.log_format,
+            hooks=old.hooks,
         )
         self.defender.config = new.defender
         log.info("reloaded %s: %d users", new.path, len(new.users))
@@ -314,4 +322,5 @@ class FileServer(socketserver.ThreadingTCPServer):
         self.server_close()
         self.defender.save()  # bans not yet on disk
         self.metrics.close()
+        self.hooks.close()
         self.storage.close()

@@ -1,13 +1,17 @@
-"""Running it in production (issue 14): reloading with SIGHUP, JSON logs, metrics."""
+"""Running it in production (issue 14): reloading with SIGHUP, JSON logs, metrics, hooks."""
 
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -15,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ftpclient import Client
 from ftpproto import AuthFailedError, BusyError, FrameStream, ProtocolError
+from ftpserver.config import ConfigError, load_config
 
 from .conftest import wait_until, write_config
 
@@ -162,3 +167,112 @@ def test_metrics_move_with_real_transfers_logins_errors_and_bans(make_config, se
 
 def test_no_metrics_section_means_no_listener(server):
     assert not hasattr(server.server.metrics, "_http")
+
+
+RECORDER = r"""
+import json, os, sys
+fields = {k[len("SOCKFTP_"):].lower(): v for k, v in os.environ.items() if k.startswith("SOCKFTP_")}
+with open(sys.argv[1], "a") as out:
+    out.write(json.dumps(fields) + "\n")
+"""
+
+
+class Collector(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers["Content-Length"])
+        Collector.bodies.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def collector():
+    Collector.bodies = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Collector.bodies
+    server.shutdown()
+    server.server_close()
+
+
+def test_hooks_get_the_fields_of_every_event_by_command_and_by_post(make_config, serve, tmp_path, collector):
+    url, posted = collector
+    record = tmp_path / "events.jsonl"
+    everything = ["upload", "download", "delete", "mkdir", "login_failed", "ban"]
+    running = serve(
+        make_config(
+            defender={"safelist": [], "threshold": 2},
+            hooks=[
+                {"events": everything, "command": [sys.executable, "-c", RECORDER, str(record)]},
+                {"events": ["upload"], "url": url},
+            ],
+        )
+    )
+    data = b"hooked" * 100
+    (tmp_path / "f").write_bytes(data)
+    with Client("127.0.0.1", running.port, user="alice", password="alice-pw", timeout=10) as alice:
+        alice.mkdir("/in")
+        alice.put(tmp_path / "f", "in/f")
+        alice.get("/in/f", tmp_path / "back")
+        alice.rm("/in/f")
+    logs_in(running.port, "alice", "wrong")
+    logs_in(running.port, "alice", "wrong")  # the second failure bans 127.0.0.1
+
+    def seen() -> list[dict]:
+        return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+
+    assert wait_until(lambda: len(seen()) >= 7, 15), seen()
+    by_event = {}
+    for fields in seen():
+        by_event.setdefault(fields["event"], fields)
+    digest = hashlib.md5(data).hexdigest()
+    assert by_event["mkdir"] == {"event": "mkdir", "user": "alice", "path": "/in", "address": "127.0.0.1"}
+    assert by_event["upload"] == {
+        **by_event["mkdir"],
+        "event": "upload",
+        "path": "/in/f",
+        "size": "600",
+        "md5": digest,
+    }
+    assert by_event["download"] == {**by_event["upload"], "event": "download"}
+    assert by_event["delete"] == {**by_event["mkdir"], "event": "delete", "path": "/in/f"}
+    assert by_event["login_failed"] == {"event": "login_failed", "user": "alice", "address": "127.0.0.1"}
+    assert by_event["ban"] == {"event": "ban", "address": "127.0.0.1"}
+    assert wait_until(lambda: len(posted) == 1, 10)
+    assert posted[0] == {
+        "event": "upload",
+        "user": "alice",
+        "path": "/in/f",
+        "address": "127.0.0.1",
+        "size": 600,
+        "md5": digest,
+    }
+
+
+def test_a_hook_that_hangs_never_slows_a_transfer(make_config, serve, tmp_path, caplog):
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    running = serve(make_config(hooks=[{"events": ["upload"], "command": sleeper, "timeout": 2}]))
+    (tmp_path / "f").write_bytes(b"quick")
+    started = time.monotonic()
+    with Client("127.0.0.1", running.port, timeout=10) as client:
+        for i in range(5):
+            client.put(tmp_path / "f", f"/f{i}")
+    assert time.monotonic() - started < 2  # five uploads while the first hook still sleeps
+    assert wait_until(lambda: any("killed after 2s" in r.message for r in caplog.records), 10)
+
+
+def test_hook_config_errors_name_the_key(tmp_path):
+    for hooks, message in [
+        ([{"events": ["upload"]}], "hooks[0]: needs a command or a url"),
+        ([{"events": ["uploaded"], "command": ["true"]}], "hooks[0].events: must list some of"),
+        ([{"events": ["upload"], "command": "rm -rf /"}], "hooks[0].command: must be a list"),
+        ([{"events": ["upload"], "url": "ftp://x"}], "hooks[0].url: must start with http"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(write_config(tmp_path, hooks=hooks))
