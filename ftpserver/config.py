@@ -428,8 +428,14 @@ def save_users(path: Path, entries: dict[str, dict]) -> None:
         + yaml.safe_dump({"users": entries}, sort_keys=True, allow_unicode=True)
     )
     tmp = path.with_name(f".{path.name}.tmp")
-    # 0600: password hashes are nobody else's business.
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
+    # 0600: password hashes are nobody else's business. Written by root (an admin's
+    # `sudo ftpserver adduser`), the file goes to its folder's owner, the server's user,
+    # which must still read it on the next reload or start.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    with open(os.open(tmp, flags, 0o600), "w", encoding="utf-8") as file:
+        folder = os.stat(path.parent)
+        if os.geteuid() == 0 and folder.st_uid != 0:
+            os.fchown(file.fileno(), folder.st_uid, folder.st_gid)
         file.write(text)
         file.flush()
         os.fsync(file.fileno())

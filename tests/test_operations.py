@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import os
 import re
 import signal
 import socket
@@ -276,3 +277,16 @@ def test_hook_config_errors_name_the_key(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(write_config(tmp_path, hooks=hooks))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can give a file away")
+def test_adduser_run_as_root_leaves_the_users_file_to_its_folders_owner(tmp_path):
+    """`sudo ftpserver adduser` must not leave a file the server's own user cannot read."""
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    config = write_config(folder)
+    (folder / "users.yaml").unlink()
+    os.chown(folder, 65534, 65534)
+    assert adduser(config, "dave", "dave-pw").returncode == 0
+    written = (folder / "users.yaml").stat()
+    assert (written.st_uid, written.st_gid, written.st_mode & 0o777) == (65534, 65534, 0o600)
