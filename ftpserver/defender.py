@@ -86,14 +86,22 @@ class Ban:
         return self.until > now
 
 
-def source_of(address: str) -> str:
-    """The network an address is judged by: the address itself for IPv4, its /64 for IPv6."""
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address, an IPv4-mapped IPv6 one as IPv4; None if it is not an IP address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return address
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        return ip.ipv4_mapped
+    return ip
+
+
+def source_of(address: str) -> str:
+    """The network an address is judged by: the address itself for IPv4, its /64 for IPv6."""
+    ip = _ip(address)
+    if ip is None:
+        return address
     if isinstance(ip, ipaddress.IPv6Address):
         return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
     return str(ip)
@@ -188,13 +196,8 @@ class Defender:
     # -- looking up ------------------------------------------------------------
 
     def _safe(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip.version == net.version and ip in net for net in self.config.safelist)
+        ip = _ip(address)
+        return ip is not None and any(ip.version == net.version and ip in net for net in self.config.safelist)
 
     def _reload(self) -> None:
         """Take bans lifted or added by another process (`ftpserver unban`)."""

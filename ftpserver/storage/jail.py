@@ -85,21 +85,12 @@ def open_dir(dir_fd: int, name: str, create: bool = False) -> int:
 def open_home(root_fd: int, parts: tuple[str, ...], create: bool = False) -> int:
     """The descriptor of a home, walked from the root; every component must be a real
     directory (a home behind a symbolic link is refused, never followed)."""
-    fd = os.dup(root_fd)
     try:
-        for name in parts:
-            try:
-                child = open_dir(fd, name, create)
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ForbiddenError("the home directory is not a real directory on the server") from None
-                raise
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
+        return _open_below(root_fd, parts, create)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ForbiddenError("the home directory is not a real directory on the server") from None
         raise
-    return fd
 
 
 def walk(
@@ -198,12 +189,13 @@ def _below(target: str, home_path: str | None) -> str | None:
     return None
 
 
-def _open_below(home_fd: int, parts: tuple[str, ...]) -> int:
-    """Open the directory `parts` below the home again, never following a link."""
-    fd = os.dup(home_fd)
+def _open_below(dir_fd: int, parts: tuple[str, ...], create: bool = False) -> int:
+    """Open the directory `parts` below `dir_fd`, one component at a time, never
+    following a link (with `create`, making the missing ones)."""
+    fd = os.dup(dir_fd)
     try:
         for name in parts:
-            child = open_dir(fd, name)
+            child = open_dir(fd, name, create)
             os.close(fd)
             fd = child
     except BaseException:

@@ -505,13 +505,11 @@ class LocalStorage:
         vpath, parts = self._parse(account, path)
         name = vpath.rsplit("/", 1)[-1]  # the name asked for, also when it is a link
         with self._walk(account, vpath, parts, follow=True) as place:
-            try:
-                file, st = self._open_file(place, vpath)
-            except IsDirectoryError:
-                fd, st = self._open(place, vpath)
+            fd, st = self._open(place, vpath)
+            if stat_mod.S_ISDIR(st.st_mode):
                 os.close(fd)
                 return entry(name, st.st_mode, st.st_size, st.st_mtime)
-            with file:
+            with open(fd, "rb", closefd=True) as file:
                 md5 = self._md5(place, vpath, file, st)
             return {**entry(name, st.st_mode, st.st_size, st.st_mtime), "md5": md5}
 
