@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import queue
 import threading
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 __all__ = ["HASH_CHUNK", "BackgroundMD5", "md5_of", "new_md5"]
 
@@ -29,7 +30,7 @@ def md5_of(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     file.seek(0)
     while remaining is None or remaining > 0:
         want = len(buffer) if remaining is None else min(len(buffer), remaining)
-        count = file.readinto(view[:want])
+        count = cast(io.BufferedIOBase, file).readinto(view[:want])  # every binary file has readinto
         if not count:
             break
         digest.update(view[:count])

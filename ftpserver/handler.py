@@ -35,6 +35,7 @@ from ftpproto.paths import join_path, split_path
 from ftpproto.stream import BUFFER_SIZE
 
 from .auth import verify_password
+from .config import Account
 from .defender import Event
 
 if TYPE_CHECKING:
@@ -165,12 +166,19 @@ class Session(socketserver.BaseRequestHandler):
         with contextlib.suppress(OSError):
             self.stream.send(exc.to_response())
 
+    @property
+    def acting(self) -> Account:
+        """Who the request acts as; only ops that need no login run without one."""
+        if self.account is None:
+            raise AuthRequiredError("log in first")
+        return self.account
+
     def dispatch(self, message: dict) -> bool:
         spec = op_spec(message)
         log.debug("request %s %s %s", self.peer, spec.name, clean(message.get("path", "")))
         if spec.needs_auth and self.account is None:
             raise AuthRequiredError("log in first")
-        if spec.writes and not self.account.can_write:
+        if spec.writes and not self.acting.can_write:
             raise ForbiddenError("this account may not write")
         return getattr(self, f"op_{spec.name}")(**parse_args(spec, message)) is not False
 
@@ -223,18 +231,18 @@ class Session(socketserver.BaseRequestHandler):
         self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
 
     def op_ls(self, path: str) -> None:
-        vpath, entries = self.storage.list(self.account, path)
+        vpath, entries = self.storage.list(self.acting, path)
         for start in range(0, max(len(entries), 1), LS_PAGE):
             more = start + LS_PAGE < len(entries)
             page = entries[start : start + LS_PAGE]
             self.stream.send({"ok": True, "path": vpath, "entries": page, "more": more})
 
     def op_stat(self, path: str) -> None:
-        self.stream.send({"ok": True, **self.storage.stat(self.account, path)})
+        self.stream.send({"ok": True, **self.storage.stat(self.acting, path)})
 
     def op_get(self, path: str, offset: int) -> None:
         started = time.monotonic()
-        snapshot = self.storage.open_snapshot(self.account, path)
+        snapshot = self.storage.open_snapshot(self.acting, path)
         try:
             if offset > snapshot.size:
                 raise BadRequestError(f"offset {offset} is past the end of the file ({snapshot.size} bytes)")
@@ -250,7 +258,7 @@ class Session(socketserver.BaseRequestHandler):
             if reply != "ack":
                 raise BadRequestError("expected 'ack' or 'cancel' after a get header", closes=True)
             count = snapshot.size - offset
-            limiter = self.server.rate_limiter(self.account)
+            limiter = self.server.rate_limiter(self.acting)
             self.request.settimeout(self.limits.stall_timeout)
             self.streaming = True
             try:
@@ -269,7 +277,7 @@ class Session(socketserver.BaseRequestHandler):
 
     def op_put(self, path: str, size: int, md5: str, overwrite: bool, parents: bool) -> None:
         started = time.monotonic()
-        upload = self.storage.begin_upload(self.account, path, size, md5, overwrite, parents)
+        upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents)
         count = size - upload.offset
         received = 0
 
@@ -281,7 +289,7 @@ class Session(socketserver.BaseRequestHandler):
         try:
             self.stream.send({"ok": True, "offset": upload.offset})
             self.in_exchange = True
-            limiter = self.server.rate_limiter(self.account)
+            limiter = self.server.rate_limiter(self.acting)
             self.request.settimeout(self.limits.stall_timeout)
             try:
                 write, chunk = (
@@ -305,13 +313,13 @@ class Session(socketserver.BaseRequestHandler):
         self.stream.send({"ok": True, "size": size, "md5": md5})
 
     def op_mkdir(self, path: str, parents: bool) -> None:
-        self.storage.mkdir(self.account, path, parents)
+        self.storage.mkdir(self.acting, path, parents)
         log.info("mkdir %s %s", self.peer, clean(path), extra=self.fields("mkdir", path=path))
         self.emit("mkdir", path)
         self.stream.send({"ok": True})
 
     def op_rm(self, path: str) -> None:
-        self.storage.remove(self.account, path)
+        self.storage.remove(self.acting, path)
         log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
         self.emit("delete", path)
         self.stream.send({"ok": True})

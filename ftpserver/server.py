@@ -34,6 +34,13 @@ __all__ = ["FileServer", "version"]
 
 log = logging.getLogger("ftpserver")
 
+Request = socket.socket | tuple[bytes, socket.socket]  # what socketserver hands its hooks
+
+
+def _socket(request: Request) -> socket.socket:
+    """The connection of a request (a TCP server's requests are sockets already)."""
+    return request if isinstance(request, socket.socket) else request[1]
+
 
 def version() -> str:
     """The installed sockftp version."""
@@ -77,7 +84,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
         if config.anonymous is not None:
             exposed = [
-                u.name
+                u.name or ""
                 for u in config.users.values()
                 if u.home == config.anonymous.home or config.anonymous.home in u.home.parents
             ]
@@ -95,11 +102,11 @@ class FileServer(socketserver.ThreadingTCPServer):
 
     @property
     def address(self) -> tuple[str, int]:
-        return self.server_address[0], self.server_address[1]
+        return str(self.server_address[0]), int(self.server_address[1])
 
     def _loopback(self) -> bool:
         try:
-            return ipaddress.ip_address(self.server_address[0]).is_loopback
+            return ipaddress.ip_address(str(self.server_address[0])).is_loopback
         except ValueError:
             return False
 
@@ -112,7 +119,8 @@ class FileServer(socketserver.ThreadingTCPServer):
             sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
 
-    def verify_request(self, request: socket.socket, client_address: tuple) -> bool:
+    def verify_request(self, request: Request, client_address: tuple) -> bool:
+        request = _socket(request)
         limits = self.config.limits
         host = client_address[0]
         if self._banned(request, host):
@@ -162,13 +170,13 @@ class FileServer(socketserver.ThreadingTCPServer):
                 self._refusing.discard(request)
             super().shutdown_request(request)
 
-    def shutdown_request(self, request: socket.socket) -> None:
+    def shutdown_request(self, request: Request) -> None:
         with self._lock:
             if request in self._refusing:
                 return  # its refusal thread closes it
         super().shutdown_request(request)
 
-    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+    def process_request_thread(self, request: Request, client_address: tuple) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -178,7 +186,7 @@ class FileServer(socketserver.ThreadingTCPServer):
                 if self._per_address[host] <= 0:
                     del self._per_address[host]
 
-    def handle_error(self, request: socket.socket, client_address: tuple) -> None:
+    def handle_error(self, request: Request, client_address: tuple) -> None:
         log.exception("unexpected error with %s:%s", *client_address[:2])
 
     # -- session bookkeeping, for stop() ---------------------------------------
