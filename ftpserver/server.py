@@ -64,6 +64,11 @@ class FileServer(socketserver.ThreadingTCPServer):
             raise ConfigError(
                 f"{config.path}: metrics: needs prometheus_client (pip install 'sockftp[metrics]')"
             ) from None
+        except OSError as exc:  # the metrics port is taken: say which listener failed
+            self.storage.close()
+            raise ConfigError(
+                f"{config.path}: metrics: cannot listen on {config.metrics}: {exc.strerror}"
+            ) from None
         self.hooks = Hooks(config.hooks)
         self.defender = Defender(
             config.defender, config.storage_root / ".sockftp" / "bans.json", on_ban=self._banned_now

@@ -290,3 +290,19 @@ def test_adduser_run_as_root_leaves_the_users_file_to_its_folders_owner(tmp_path
     assert adduser(config, "dave", "dave-pw").returncode == 0
     written = (folder / "users.yaml").stat()
     assert (written.st_uid, written.st_gid, written.st_mode & 0o777) == (65534, 65534, 0o600)
+
+
+def test_a_metrics_port_in_use_is_a_config_error_naming_it(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(tmp_path, metrics={"host": "127.0.0.1", "port": port})
+        done = subprocess.run(
+            [sys.executable, "-m", "ftpserver", "--config", str(config), "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2
+    assert f"metrics: cannot listen on ('127.0.0.1', {port})" in done.stderr
