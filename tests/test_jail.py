@@ -647,7 +647,10 @@ def test_the_instant_upload_lookup_reads_only_the_users_own_rows(tmp_path):
     assert cache.find("0" * 32, fake.st_size, "alice") == ["alice/mine"]  # no other home's file
     full = fastest({"lookups": lookups}, 9)["lookups"]
     cache.close()
-    assert full < 2 * empty, (empty, full)
+    # A lookup reading every row of the MD5 costs ~100x more with these 10,000 rows; an
+    # indexed range only a level more of the B-tree. 200 lookups take ~1 ms, where the
+    # timer's and the machine's noise is a good part of it: hence 5x, not 2x.
+    assert full < 5 * empty, (empty, full)
 
 
 def test_an_instant_upload_stays_flat_with_10000_files_of_its_md5_in_other_homes(server, raw):
