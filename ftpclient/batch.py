@@ -27,11 +27,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftpproto import ExistsError, ProtocolError
-from ftpproto.pacing import RateLimiter
+from ftpproto import ExistsError, ProtocolError, ProtocolMismatchError
+from ftpproto.io.pacing import RateLimiter
 from ftpproto.paths import MAX_PATH_BYTES
 
-from .client import PARTIAL_PREFIX, Client, ProtocolMismatchError, Transfer, md5_file
+from .client import PARTIAL_PREFIX, Client, Transfer, md5_file
 
 __all__ = ["Batch", "Filters", "Job", "Outcome", "Summary", "plan_get", "plan_put"]
 

@@ -6,9 +6,11 @@
             print(entry.name, entry.size)
         client.get("/reports/report.pdf", "copy.pdf")
 
-Every answer goes through `_response()`; an error answer raises the
-`ftpproto.ProtocolError` subclass its code names, and any error that leaves
-the stream out of step closes the connection (`closed` then says so). Transfers verify the MD5 of
+Every frame goes through `_send()` and `_response()`, which drive the
+connection's `Conversation` (ftpproto.states) as the server's session does;
+an error answer raises the `ftpproto.ProtocolError` subclass its code names,
+and any error that leaves the stream out of step closes the connection
+(`closed` then says so). Transfers verify the MD5 of
 every file they move and take a `progress(done, total)` callback, so the
 library draws nothing itself. Downloads land in a hidden partial file beside
 the target and are renamed only once their MD5 matches; an interrupted
@@ -35,15 +37,17 @@ from ftpproto import (
     PROTOCOL_VERSION,
     BadRequestError,
     ChecksumMismatchError,
-    FrameStream,
+    Conversation,
+    Event,
     ProtocolError,
+    ProtocolMismatchError,
+    Role,
+    State,
     error_from_response,
 )
-from ftpproto.checksum import BackgroundMD5, md5_of, new_md5
+from ftpproto.io import SENDFILE_CHUNK, BackgroundMD5, FrameStream, RateLimiter, Writeback, md5_of, new_md5
 from ftpproto.messages import check_type, validate_md5
-from ftpproto.pacing import RateLimiter
-from ftpproto.stream import SENDFILE_CHUNK
-from ftpproto.writeback import Writeback
+from ftpproto.states import answer_event
 
 __all__ = ["Client", "Entry", "HandshakeError", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
 
@@ -66,13 +70,6 @@ def _wrap_tls(sock: socket.socket, host: str, cafile: str | os.PathLike | None) 
         raise HandshakeError(
             f"TLS handshake with {host} failed ({exc.reason}); does the server use TLS?"
         ) from exc
-
-
-class ProtocolMismatchError(ProtocolError):
-    """The peer does not speak protocol v1, or broke it."""
-
-    code = "bad_request"
-    closes_by_default = True
 
 
 @dataclass(frozen=True)
@@ -151,9 +148,9 @@ class Client:
         CAs, or against `cafile` alone when it is given."""
         self.host, self.port = host, port
         self.pace: RateLimiter | None = None  # set to hold transfers to a (shared) rate
+        self.conversation = Conversation(Role.CLIENT)
         self.sock = socket.create_connection((host, port), timeout=timeout)
         try:
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if tls:
                 self.sock = _wrap_tls(self.sock, host, cafile)
             self.stream = FrameStream(self.sock)
@@ -167,7 +164,7 @@ class Client:
 
     def _hello(self) -> dict:
         try:
-            greeting = self.stream.recv()
+            message = self.stream.recv()
         except (ConnectionError, TimeoutError) as exc:
             raise HandshakeError(
                 f"no greeting from {self.host}:{self.port} ({exc.__class__.__name__}); "
@@ -175,8 +172,7 @@ class Client:
             ) from exc
         except ProtocolError as exc:
             raise HandshakeError(f"{self.host}:{self.port} does not speak sockftp: {exc.message}") from exc
-        if greeting.get("ok") is False:
-            raise error_from_response(greeting)
+        greeting = self._answer(message)  # an error answer (busy, say) raises as itself
         if greeting.get("type") != "hello" or greeting.get("proto") != PROTOCOL_VERSION:
             raise ProtocolMismatchError(f"not a sockftp v{PROTOCOL_VERSION} server: {str(greeting)[:80]}")
         return greeting
@@ -191,53 +187,58 @@ class Client:
 
     @property
     def closed(self) -> bool:
-        return self.sock.fileno() == -1
+        return self.conversation.state is State.CLOSED or self.stream.closed
+
+    def _drop(self) -> None:
+        """End the connection at once: it is out of step with the server, or gone."""
+        self.conversation.close()
+        self.sock.close()
 
     @contextlib.contextmanager
     def _wire(self) -> Iterator[None]:
-        """Close the connection when an error leaves it out of step with the server:
+        """Drop the connection when an error leaves it out of step with the server:
         a broken link, a time-out, a closing protocol error, or any failure inside
         a data phase (wrapped around those by the caller)."""
         try:
             yield
         except ProtocolError as exc:
             if exc.closes:
-                self.sock.close()
+                self._drop()
             raise
         except BaseException:
-            self.sock.close()
+            self._drop()
             raise
+
+    def _send(self, message: dict, event: Event = Event.REQUEST) -> None:
+        """Send a request (or a get's ack or cancel), which `event` records."""
+        self.conversation.send(event, message.get("op"))
+        with self._wire():
+            self.stream.send(message)
 
     def _response(self) -> dict:
         with self._wire():
             message = self.stream.recv()
-        if message.get("ok") is not True:
-            error = error_from_response(message)
-            if error.closes:
-                self.sock.close()
+        return self._answer(message)
+
+    def _answer(self, message: dict) -> dict:
+        """Record the server's frame; an error answer raises as its error."""
+        event, error = answer_event(self.conversation.state, message)
+        with self._wire():
+            self.conversation.receive(event)
+        if error is not None:
+            if event is Event.FATAL:
+                self._drop()
+                error.closes = True
             raise error
         return message
 
     def _request(self, op: str, **fields: object) -> dict:
-        with self._wire():
-            self.stream.send({"op": op, **fields})
+        self._send({"op": op, **fields})
         return self._response()
-
-    @contextlib.contextmanager
-    def _timeout_extended(self, seconds: float) -> Iterator[None]:
-        timeout = self.sock.gettimeout()
-        if timeout is not None:
-            self.sock.settimeout(timeout + seconds)
-        try:
-            yield
-        finally:
-            if not self.closed:
-                self.sock.settimeout(timeout)
 
     def _failed_data_phase(self, exc: OSError) -> Exception:
         """The server's reason for breaking a data phase, if it sent one before closing."""
-        with contextlib.suppress(OSError, ProtocolError):
-            self.sock.settimeout(2.0)
+        with contextlib.suppress(OSError, ProtocolError), self.stream.timed(2.0):
             message = self.stream.recv()
             if message.get("ok") is False:
                 return error_from_response(message)
@@ -252,7 +253,7 @@ class Client:
 
     def ls(self, path: str = "/") -> list[Entry]:
         """Entries of a directory (or the one entry of a file), over as many pages as it takes."""
-        self.stream.send({"op": "ls", "path": path})
+        self._send({"op": "ls", "path": path})
         entries = []
         while True:
             page = self._response()
@@ -277,7 +278,7 @@ class Client:
         """Say `quit` if the connection still works, then close it."""
         if not self.closed:
             self.quit()
-            self.sock.close()
+        self._drop()
 
     def get(
         self,
@@ -307,12 +308,12 @@ class Client:
                 header = self._get_header(remote, 0)
             size, md5 = header["size"], header["md5"]
             if skip_identical and _same_file(local, size, md5):
-                self.stream.send({"op": "cancel"})
+                self._send({"op": "cancel"}, Event.CANCEL)
                 if partial is not None:
                     partial.unlink()  # the target already holds the file
                 return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
             if partial is not None and partial.name != _partial_name(local, md5):
-                self.stream.send({"op": "cancel"})  # the partial file is of another version
+                self._send({"op": "cancel"}, Event.CANCEL)  # the partial file is of another version
                 partial.unlink()
                 held, header = 0, self._get_header(remote, 0)
                 size, md5 = header["size"], header["md5"]
@@ -322,8 +323,9 @@ class Client:
             with self._wire(), open(partial, "a+b" if held else "w+b") as file:
                 digest = new_md5(size - held, md5_of(file, held))
                 try:
-                    self.stream.send({"op": "ack"})
+                    self._send({"op": "ack"}, Event.ACK)
                     self._receive(file, digest, held, size, progress)
+                    self.conversation.receive(Event.DATA_END)
                     file.flush()
                     os.fsync(file.fileno())
                 except BaseException:
@@ -345,7 +347,7 @@ class Client:
             if header.get("offset") != offset or size < offset:
                 raise ValueError(f"server answered offset {header.get('offset')!r} to {offset}")
         except (ProtocolError, ValueError) as exc:
-            self.sock.close()  # the server now waits for ack or cancel: the stream is out of step
+            self._drop()  # the server now waits for ack or cancel: the stream is out of step
             raise ProtocolMismatchError(f"malformed get header: {exc}") from None
         header["md5"] = header["md5"].lower()
         return header
@@ -395,13 +397,14 @@ class Client:
             was_there = size == 0 and self._holds_empty_file(remote)
             # Before its ack the server may hash up to `size` bytes (a held partial, or the
             # destination): allow for that at a modest 50 MB/s on top of the usual timeout.
-            with self._timeout_extended(size / 50e6):
+            timeout = self.stream.timeout
+            with self.stream.timed(None if timeout is None else timeout + size / 50e6):
                 ack = self._request(
                     "put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents
                 )
             offset = ack.get("offset")
             if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
-                self.sock.close()  # the server now waits for data: the stream is out of step
+                self._drop()  # the server now waits for data: the stream is out of step
                 raise ProtocolMismatchError(f"server answered put with offset {offset!r} for {size} bytes")
             if progress is not None:
                 progress(offset, size)
@@ -420,8 +423,9 @@ class Client:
                 self.stream.send_file(file, offset, size - offset, sent, chunk)
             except OSError as exc:
                 reason = self._failed_data_phase(exc)
-                self.sock.close()
+                self._drop()
                 raise reason from exc
+            self.conversation.send(Event.DATA_END)
         result = self._response()
         if result.get("md5") != md5 or result.get("size") != size:
             raise ChecksumMismatchError(f"{remote}: the server stored a different file than was sent")

@@ -1,6 +1,9 @@
 """sockftp wire protocol, version 1: shared by the server and the client.
 
-This package imports nothing of ours. See docs/protocol.md.
+The package itself is the pure core: errors, framing, the op table, paths,
+sizes and the connection state machine. It does no I/O and imports nothing
+of ours; `ftpproto.io` beside it holds what touches sockets, files, threads
+and clocks. See docs/protocol.md.
 """
 
 from .errors import *  # noqa: F403
@@ -8,7 +11,7 @@ from .errors import __all__ as _error_names
 from .framing import MAX_FRAME, FrameDecoder, encode_frame
 from .messages import OPS, PROTOCOL_VERSION, validate_md5, validate_request
 from .paths import join_path, split_path
-from .stream import FrameStream, PeerClosedError, ShortReadError
+from .states import Conversation, Event, Role, State, StateError
 
 __all__ = [
     *_error_names,
@@ -21,7 +24,9 @@ __all__ = [
     "validate_request",
     "join_path",
     "split_path",
-    "FrameStream",
-    "PeerClosedError",
-    "ShortReadError",
+    "Conversation",
+    "Event",
+    "Role",
+    "State",
+    "StateError",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "NotEmptyError",
     "NotFoundError",
     "ProtocolError",
+    "ProtocolMismatchError",
     "QuotaExceededError",
     "TimedOutError",
     "TooLargeError",
@@ -36,7 +37,7 @@ class ProtocolError(Exception):
     """An error with a protocol error code.
 
     `closes` is true when the connection cannot be used after it: a broken
-    frame, `busy` and `timeout` (PROTOCOL.md section 2.3).
+    frame, `busy` and `timeout` (docs/protocol.md section 11).
     """
 
     code = "internal"
@@ -120,6 +121,14 @@ class TimedOutError(ProtocolError):
 
 class InternalError(ProtocolError):
     code = "internal"
+
+
+class ProtocolMismatchError(ProtocolError):
+    """The peer does not speak this protocol, or broke it: the connection is done.
+    Raised by a side about its peer; never put on the wire by its own code."""
+
+    code = "bad_request"
+    closes_by_default = True
 
 
 ERRORS_BY_CODE: dict[str, type[ProtocolError]] = {

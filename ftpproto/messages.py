@@ -69,7 +69,7 @@ OPS: dict[str, OpSpec] = {
     )
 }
 
-# Frames that are only valid inside a get exchange (PROTOCOL.md section 4).
+# Frames that are only valid inside a get exchange (docs/protocol.md section 8).
 GET_REPLIES = ("ack", "cancel")
 
 

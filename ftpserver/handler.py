@@ -2,8 +2,11 @@
 
 `Session.dispatch()` is the one gatekeeper: it looks the op up in the
 protocol's table, checks auth and write permission, then parses the fields,
-so each `op_*()` is short and only does its op. Errors are `ProtocolError`s;
-`handle()` turns them into error frames and closes when the protocol says so.
+so each `op_*()` is short and only does its op. Every frame in or out and
+every data phase goes through the session's `Conversation` (ftpproto.states),
+so where an exchange stands is one state, not flags. Errors are
+`ProtocolError`s; `send_error()` turns them into error frames, closing ones
+wherever the exchange cannot go on in step.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import socket
 import socketserver
 import ssl
 import time
@@ -23,20 +25,23 @@ from ftpproto import (
     AuthRequiredError,
     BadRequestError,
     BusyError,
+    Conversation,
+    Event,
     ForbiddenError,
-    FrameStream,
     InternalError,
-    PeerClosedError,
     ProtocolError,
+    Role,
+    State,
     TimedOutError,
 )
+from ftpproto.io import BUFFER_SIZE, FrameStream, PeerClosedError
 from ftpproto.messages import op_spec, parse_args
 from ftpproto.paths import join_path, split_path
-from ftpproto.stream import BUFFER_SIZE
+from ftpproto.states import client_event
 
 from .auth import verify_password
 from .config import Account
-from .defender import Event
+from .defender import Event as Score
 
 if TYPE_CHECKING:
     from .server import FileServer
@@ -74,19 +79,16 @@ class Session(socketserver.BaseRequestHandler):
         self.logged_in = False  # as a named user, counted against its max_sessions
         self.tried_login = False
         self.failed_logins = 0
-        self.busy = False
-        self.in_exchange = False  # inside a get/put exchange: an error leaves the stream out of step
-        self.streaming = False  # sending a get's data phase: no frame may be sent
+        self.conversation = Conversation(Role.SERVER)
         self.stream = FrameStream(self.request)
-        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.request.settimeout(self.limits.idle_timeout)
+        self.stream.set_timeout(self.limits.idle_timeout)
         self.server.session_started(self)
 
     def finish(self) -> None:
         if self.logged_in and self.account is not None:
             self.server.user_session_ended(self.account)
         if self.config.anonymous is None and not self.tried_login:
-            self.server.defender.record(self.client_address[0], Event.NO_LOGIN)
+            self.server.defender.record(self.client_address[0], Score.NO_LOGIN)
         self.server.session_ended(self)
 
     def handle(self) -> None:
@@ -102,7 +104,7 @@ class Session(socketserver.BaseRequestHandler):
                     log.warning("anonymous home unusable: %s", exc.message)
                     self.send_error(exc)
                     return
-            self.stream.send(self.greeting())
+            self.reply(self.greeting(), Event.HELLO)
             while not self.server.stopping and self.serve_one():
                 pass
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
@@ -115,16 +117,15 @@ class Session(socketserver.BaseRequestHandler):
     def handshake(self) -> bool:
         """Complete the TLS handshake; a peer that fails it (plain TCP, wrong
         version, no answer within the timeout) is dropped without a word."""
-        self.request.settimeout(min(self.limits.idle_timeout, HANDSHAKE_TIMEOUT))
         try:
-            self.request.do_handshake()
+            with self.stream.timed(min(self.limits.idle_timeout, HANDSHAKE_TIMEOUT)):
+                self.request.do_handshake()
         except (ssl.SSLError, OSError) as exc:
             log.info("tls handshake with %s failed: %s", self.peer, clean(exc))
             if isinstance(exc, ssl.SSLError):  # not TLS at all, or garbage: a timeout is not scored
-                self.server.defender.record(self.client_address[0], Event.PROTOCOL_VIOLATION)
+                self.server.defender.record(self.client_address[0], Score.PROTOCOL_VIOLATION)
                 self.tried_login = True  # scored once: not again as a connection that never logged in
             return False
-        self.request.settimeout(self.limits.idle_timeout)
         return True
 
     def greeting(self) -> dict:
@@ -138,29 +139,46 @@ class Session(socketserver.BaseRequestHandler):
     def serve_one(self) -> bool:
         """Read and answer one request; False when the connection must end."""
         try:
-            try:
-                message = self.stream.recv(deadline=time.monotonic() + self.limits.idle_timeout)
-            except TimeoutError:
-                raise TimedOutError(f"no request for {self.limits.idle_timeout:g} seconds") from None
-            self.busy = True
+            message = self.receive(self.limits.idle_timeout, "request")
             return self.dispatch(message)
         except ProtocolError as exc:
             if exc.closes and exc.code in ("bad_request", "frame_too_large"):
-                self.server.defender.record(self.client_address[0], Event.PROTOCOL_VIOLATION)
+                self.server.defender.record(self.client_address[0], Score.PROTOCOL_VIOLATION)
             self.send_error(exc)
-            return not exc.closes
         except (ConnectionError, TimeoutError, ssl.SSLError):
             raise  # the connection is gone or broken (a corrupt TLS record): handle() ends it
         except Exception:
             log.exception("internal error serving %s", self.peer)
-            if not self.streaming:  # nothing but file bytes may follow a get's ack
-                self.send_error(InternalError("the server failed to handle this request"))
-            return not self.in_exchange
-        finally:
-            self.busy = False
-            self.in_exchange = self.streaming = False
+            self.send_error(InternalError("the server failed to handle this request"))
+        return self.conversation.state is not State.CLOSED
+
+    @property
+    def busy(self) -> bool:
+        """Inside an exchange: a stop waits for it to end."""
+        return self.conversation.state not in (State.IDLE, State.GREETING, State.CLOSED)
+
+    def receive(self, timeout: float, what: str) -> dict:
+        """The client's next frame, recorded in the conversation; `timeout` for the whole frame."""
+        try:
+            message = self.stream.recv(deadline=time.monotonic() + timeout)
+        except TimeoutError:
+            raise TimedOutError(f"no {what} for {timeout:g} seconds") from None
+        self.conversation.receive(*client_event(self.conversation.state, message))
+        return message
+
+    def reply(self, message: dict, event: Event = Event.ANSWER) -> None:
+        """Send a frame of the exchange, which `event` moves on."""
+        self.conversation.send(event)
+        self.stream.send(message)
 
     def send_error(self, exc: ProtocolError) -> None:
+        """Answer with `exc`: closing wherever the exchange cannot go on in step after it,
+        and not at all in the middle of a get's data, where no frame may come."""
+        event = self.conversation.error_event(exc.closes)
+        if not self.conversation.allows(Role.SERVER, event):
+            self.conversation.close()
+            return
+        self.conversation.send(event)
         log.info("error %s %s: %s", self.peer, exc.code, clean(exc.message))
         self.server.metrics.error(exc.code)
         with contextlib.suppress(OSError):
@@ -180,9 +198,10 @@ class Session(socketserver.BaseRequestHandler):
             raise AuthRequiredError("log in first")
         if spec.writes and not self.acting.can_write:
             raise ForbiddenError("this account may not write")
-        return getattr(self, f"op_{spec.name}")(**parse_args(spec, message)) is not False
+        getattr(self, f"op_{spec.name}")(**parse_args(spec, message))
+        return self.conversation.state is not State.CLOSED
 
-    # -- ops: each returns False only when the connection must end -------------
+    # -- ops: each answers through reply(); quit's answer closes the conversation --
 
     def op_login(self, user: str, password: str) -> None:
         host = self.client_address[0]
@@ -197,7 +216,7 @@ class Session(socketserver.BaseRequestHandler):
                 raise BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
             valid = verify_password(password, account.password_hash if account else None)
             if not valid:
-                event = Event.LOGIN_FAILED if account else Event.UNKNOWN_USER
+                event = Score.LOGIN_FAILED if account else Score.UNKNOWN_USER
                 banned = self.server.defender.record(host, event)
         self.server.metrics.login(valid)
         if not valid:
@@ -228,17 +247,20 @@ class Session(socketserver.BaseRequestHandler):
             account.permissions,
             extra=self.fields("login"),
         )
-        self.stream.send({"ok": True, "user": user, "permissions": account.permissions})
+        self.reply({"ok": True, "user": user, "permissions": account.permissions})
 
     def op_ls(self, path: str) -> None:
         vpath, entries = self.storage.list(self.acting, path)
         for start in range(0, max(len(entries), 1), LS_PAGE):
             more = start + LS_PAGE < len(entries)
             page = entries[start : start + LS_PAGE]
-            self.stream.send({"ok": True, "path": vpath, "entries": page, "more": more})
+            self.reply(
+                {"ok": True, "path": vpath, "entries": page, "more": more},
+                Event.PAGE if more else Event.ANSWER,
+            )
 
     def op_stat(self, path: str) -> None:
-        self.stream.send({"ok": True, **self.storage.stat(self.acting, path)})
+        self.reply({"ok": True, **self.storage.stat(self.acting, path)})
 
     def op_get(self, path: str, offset: int) -> None:
         started = time.monotonic()
@@ -246,34 +268,28 @@ class Session(socketserver.BaseRequestHandler):
         try:
             if offset > snapshot.size:
                 raise BadRequestError(f"offset {offset} is past the end of the file ({snapshot.size} bytes)")
-            self.stream.send({"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset})
-            self.in_exchange = True
-            try:
-                reply = self.stream.recv().get("op")
-            except TimeoutError:
-                raise TimedOutError(f"no ack or cancel for {self.limits.idle_timeout:g} seconds") from None
-            if reply == "cancel":
+            header = {"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset}
+            self.reply(header, Event.HEADER)
+            self.receive(self.limits.idle_timeout, "ack or cancel")
+            if self.conversation.state is State.IDLE:  # cancelled
                 self.log_transfer("get", path, 0, started, "cancelled")
                 return
-            if reply != "ack":
-                raise BadRequestError("expected 'ack' or 'cancel' after a get header", closes=True)
             count = snapshot.size - offset
             limiter = self.server.rate_limiter(self.acting)
-            self.request.settimeout(self.limits.stall_timeout)
-            self.streaming = True
             try:
-                if limiter is None:
-                    self.stream.send_file(snapshot.file, offset, count)
-                else:
-                    self.stream.send_file(snapshot.file, offset, count, limiter.consume, limiter.CHUNK)
+                with self.stream.timed(self.limits.stall_timeout):
+                    if limiter is None:
+                        self.stream.send_file(snapshot.file, offset, count)
+                    else:
+                        self.stream.send_file(snapshot.file, offset, count, limiter.consume, limiter.CHUNK)
             except OSError as exc:  # includes a stall: the peer stopped reading
                 self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
                 raise
+            self.conversation.send(Event.DATA_END)
             self.log_transfer("get", path, count, started, "ok")
             self.emit("download", path, size=snapshot.size, md5=snapshot.md5)
         finally:
             snapshot.close()
-            self.request.settimeout(self.limits.idle_timeout)
 
     def op_put(self, path: str, size: int, md5: str, overwrite: bool, parents: bool) -> None:
         started = time.monotonic()
@@ -287,46 +303,41 @@ class Session(socketserver.BaseRequestHandler):
             received += len(chunk)
 
         try:
-            self.stream.send({"ok": True, "offset": upload.offset})
-            self.in_exchange = True
+            self.reply({"ok": True, "offset": upload.offset}, Event.READY)
             limiter = self.server.rate_limiter(self.acting)
-            self.request.settimeout(self.limits.stall_timeout)
+            write, chunk = (
+                (counted, BUFFER_SIZE) if limiter is None else (_throttled(counted, limiter), limiter.CHUNK)
+            )
             try:
-                write, chunk = (
-                    (counted, BUFFER_SIZE)
-                    if limiter is None
-                    else (_throttled(counted, limiter), limiter.CHUNK)
-                )
-                self.stream.recv_data(count, write, chunk, space=upload.space)
+                with self.stream.timed(self.limits.stall_timeout):
+                    self.stream.recv_data(count, write, chunk, space=upload.space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
+            self.conversation.receive(Event.DATA_END)
             upload.finish()
         except BaseException as exc:
             kept = upload.abort()
             result = getattr(exc, "code", exc.__class__.__name__)
             self.log_transfer("put", path, received, started, f"failed ({result})", kept)
             raise
-        finally:
-            self.request.settimeout(self.limits.idle_timeout)
         self.log_transfer("put", path, count, started, "ok")
         self.emit("upload", path, size=size, md5=md5)
-        self.stream.send({"ok": True, "size": size, "md5": md5})
+        self.reply({"ok": True, "size": size, "md5": md5})
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.acting, path, parents)
         log.info("mkdir %s %s", self.peer, clean(path), extra=self.fields("mkdir", path=path))
         self.emit("mkdir", path)
-        self.stream.send({"ok": True})
+        self.reply({"ok": True})
 
     def op_rm(self, path: str) -> None:
         self.storage.remove(self.acting, path)
         log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
         self.emit("delete", path)
-        self.stream.send({"ok": True})
+        self.reply({"ok": True})
 
-    def op_quit(self) -> bool:
-        self.stream.send({"ok": True})
-        return False
+    def op_quit(self) -> None:
+        self.reply({"ok": True})  # the conversation is now closed
 
     def emit(self, event: str, path: str, **more: object) -> None:
         """Tell the hooks (never waiting for them); `path` as the canonical virtual path."""

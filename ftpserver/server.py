@@ -20,8 +20,8 @@ import time
 from collections.abc import Iterator
 from importlib import metadata
 
-from ftpproto import BusyError, encode_frame
-from ftpproto.pacing import RateLimiter
+from ftpproto import BusyError
+from ftpproto.io import RateLimiter, refuse
 
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
@@ -159,17 +159,14 @@ class FileServer(socketserver.ThreadingTCPServer):
         if self.defender.worth_logging(host):
             log.info("refused %s: banned for %.0fs more (one line a minute)", host, ban.until - time.time())
         if self.config.tls is None:
-            with contextlib.suppress(OSError):
-                request.setblocking(False)
-                left = max(1, round(ban.until - time.time()))
-                request.send(encode_frame(BusyError(f"your address is banned for {left}s").to_response()))
+            refuse(
+                request, BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
+            )
         return True
 
     def _refuse(self, request: socket.socket, reason: str) -> None:
         try:
-            with contextlib.suppress(OSError):
-                request.settimeout(1.0)
-                request.sendall(encode_frame(BusyError(reason).to_response()))
+            refuse(request, BusyError(reason), wait=1.0)
         finally:
             with self._lock:
                 self._refusing.discard(request)

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ftpproto import FrameStream
+from ftpproto.io import FrameStream
 from ftpserver.auth import hash_password
 from ftpserver.config import ServerConfig, load_config
 from ftpserver.server import FileServer

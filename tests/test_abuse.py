@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from ftpclient import Client
-from ftpproto import FrameStream, encode_frame
+from ftpproto import encode_frame
+from ftpproto.io import FrameStream
 
 from .conftest import wait_until, write_config
 

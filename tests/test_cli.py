@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ftpproto import FrameStream
+from ftpproto.io import FrameStream
 
 from .conftest import run_cli, write_config
 

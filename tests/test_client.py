@@ -20,11 +20,9 @@ from ftpproto import (
     BusyError,
     ChecksumMismatchError,
     ExistsError,
-    FrameStream,
     NotFoundError,
-    ShortReadError,
 )
-from ftpproto.stream import BUFFER_SIZE
+from ftpproto.io import BUFFER_SIZE, FrameStream, ShortReadError
 
 from .conftest import wait_until
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ftpclient import Client
-from ftpproto import FrameStream
+from ftpproto.io import FrameStream
 
 from .conftest import run_cli, start_server_process, wait_until, write_config
 

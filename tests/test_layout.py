@@ -61,3 +61,83 @@ def test_every_package_of_ours_is_in_the_distribution():
         for p in (ROOT / package).rglob("__init__.py")
     }
     assert config["options"]["packages"].strip() == "find:" and ours <= shipped
+
+
+# -- the pure core of the protocol, and no import cycles ---------------------------------
+
+PURE = ["errors", "framing", "messages", "paths", "units", "states", "__init__"]
+IO_MODULES = {"socket", "ssl", "select", "selectors", "threading", "queue", "time", "os", "io", "asyncio"}
+
+
+def test_the_protocol_core_does_no_io():
+    """ftpproto's own modules are pure: sockets, threads, clocks and files live in ftpproto.io."""
+    core = {p.stem for p in (ROOT / "ftpproto").glob("*.py")}
+    assert core == set(PURE), "a new module in ftpproto's core: add it to PURE, or put it in ftpproto/io"
+    for name in PURE:
+        tree = ast.parse((ROOT / "ftpproto" / f"{name}.py").read_text())
+        imported = {
+            a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+        }
+        imported |= {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module
+        }
+        relative = {
+            n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level and n.module
+        }
+        assert not imported & IO_MODULES, (name, imported & IO_MODULES)
+        assert not any(module == "io" or module.startswith("io.") for module in relative), name
+        calls = {
+            n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert "open" not in calls and "print" not in calls, name
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports, anywhere in it (inside functions too)."""
+    files = {module_name(p): p for package in OURS for p in (ROOT / package).rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            edges |= {target for target in targets if target in files and target != name}
+        graph[name] = edges
+    return graph
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    assert graph.get("ftpclient.cli"), "the graph found no imports: the test is broken"
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                cycle = [*trail[trail.index(target) :], target]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target, [*trail, target])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

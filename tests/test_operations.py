@@ -19,7 +19,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ftpclient import Client
-from ftpproto import AuthFailedError, BusyError, FrameStream, ProtocolError
+from ftpproto import AuthFailedError, BusyError, ProtocolError
+from ftpproto.io import FrameStream
 from ftpserver.config import ConfigError, load_config
 
 from .conftest import wait_until, write_config

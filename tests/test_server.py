@@ -760,7 +760,7 @@ def test_an_error_inside_a_gets_data_phase_sends_no_frame_into_the_data(raw, ser
         self.sock.sendall(b"D" * 10)
         raise RuntimeError("disk trouble")
 
-    monkeypatch.setattr("ftpproto.stream.FrameStream.send_file", breaks_half_way)
+    monkeypatch.setattr("ftpproto.io.stream.FrameStream.send_file", breaks_half_way)
     stream = raw()
     assert stream.request("get", path="f")["ok"]
     stream.send({"op": "ack"})

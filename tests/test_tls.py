@@ -8,7 +8,7 @@ import pytest
 import trustme
 
 from ftpclient import Client, HandshakeError
-from ftpproto import FrameStream
+from ftpproto.io import FrameStream
 
 from .conftest import run_cli, write_config
 

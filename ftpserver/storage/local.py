@@ -49,9 +49,9 @@ from ftpproto import (
     join_path,
     split_path,
 )
-from ftpproto.checksum import BackgroundMD5, md5_of, new_md5
+from ftpproto.io.hashing import BackgroundMD5, md5_of, new_md5
+from ftpproto.io.writeback import Writeback
 from ftpproto.paths import RESERVED_PREFIX
-from ftpproto.writeback import Writeback
 
 from ..config import Account, ConfigError
 from .base import Snapshot, entry

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from ftpproto.checksum import BACKGROUND_THRESHOLD, HASH_CHUNK, BackgroundMD5, md5_of, new_md5
-from ftpproto.writeback import STEP, Writeback
+from ftpproto.io.hashing import BACKGROUND_THRESHOLD, HASH_CHUNK, BackgroundMD5, md5_of, new_md5
+from ftpproto.io.writeback import STEP, Writeback
 
 DATA = os.urandom(3 * HASH_CHUNK + 12345)
 

@@ -3,20 +3,23 @@
 `FrameStream` wraps a connected socket (plain or TLS). Control messages go
 through `FrameDecoder`; data phases move raw bytes through one reused buffer
 on the receiving side and `socket.sendfile` (zero copy on plain TCP) on the
-sending side. Both sides of the protocol use this class and nothing else to
-touch the wire.
+sending side. Time-outs are set through it too. Both sides of the protocol use
+this module and nothing else to touch the wire; `refuse()` is for a socket the
+server turns away before any session starts on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
-from .framing import FrameDecoder, encode_frame
+from ..errors import ProtocolError
+from ..framing import FrameDecoder, encode_frame
 
-__all__ = ["BUFFER_SIZE", "FrameStream", "PeerClosedError", "ShortReadError"]
+__all__ = ["BUFFER_SIZE", "SENDFILE_CHUNK", "FrameStream", "PeerClosedError", "ShortReadError", "refuse"]
 
 BUFFER_SIZE = 256 * 1024  # data phases
 CONTROL_BUFFER_SIZE = 16 * 1024  # frames: small, so an idle or downloading session costs little
@@ -32,12 +35,40 @@ class ShortReadError(ConnectionError):
 
 
 class FrameStream:
+    """Frames and data phases over one connected socket; small frames go out at
+    once (Nagle's algorithm off), since every exchange waits for its answer."""
+
     def __init__(self, sock: socket.socket, buffer_size: int = BUFFER_SIZE) -> None:
         self.sock = sock
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._decoder = FrameDecoder()
         self._control = bytearray(CONTROL_BUFFER_SIZE)
         self._buffer_size = buffer_size
         self._data: memoryview | None = None  # made on the first data phase received, then reused
+
+    @property
+    def timeout(self) -> float | None:
+        """How long one read or write may wait, in seconds (None: for ever)."""
+        return self.sock.gettimeout()
+
+    def set_timeout(self, seconds: float | None) -> None:
+        self.sock.settimeout(seconds)
+
+    @contextlib.contextmanager
+    def timed(self, seconds: float | None) -> Iterator[None]:
+        """Use another time-out inside the block; the one before is back after it."""
+        before = self.sock.gettimeout()
+        self.sock.settimeout(seconds)
+        try:
+            yield
+        finally:
+            if not self.closed:
+                self.sock.settimeout(before)
+
+    @property
+    def closed(self) -> bool:
+        return self.sock.fileno() == -1
 
     def send(self, message: dict) -> None:
         self.sock.sendall(encode_frame(message))
@@ -52,7 +83,7 @@ class FrameStream:
         try:
             return self._recv(deadline)
         finally:
-            if deadline is not None and self.sock.fileno() != -1:
+            if deadline is not None and not self.closed:
                 self.sock.settimeout(timeout)
 
     def _recv(self, deadline: float | None) -> dict:
@@ -127,3 +158,17 @@ class FrameStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def refuse(sock: socket.socket, error: ProtocolError, wait: float = 0.0) -> None:
+    """Send `error` as the only frame on a connection turned away before its session.
+
+    With `wait` 0 the frame goes in one non-blocking send or not at all, so a peer
+    that does not read cannot hold the caller; else it may take `wait` seconds."""
+    with contextlib.suppress(OSError):
+        if wait:
+            sock.settimeout(wait)
+            sock.sendall(encode_frame(error.to_response()))
+        else:
+            sock.setblocking(False)
+            sock.send(encode_frame(error.to_response()))
