@@ -97,9 +97,9 @@ class Entry:
             raise ProtocolMismatchError(f"malformed entry from server: {exc}") from None
 
 
-def _safe_name(name: object) -> str:
+def _safe_name(value: object) -> str:
     """An entry name from the server, refused if it could lead a download elsewhere."""
-    name = check_type("name", name, "str")
+    name: str = check_type("name", value, "str")
     if (
         name in ("", ".", "..")
         or "/" in name
@@ -246,9 +246,10 @@ class Client:
 
     # -- ops -------------------------------------------------------------------
 
-    def login(self, user: str, password: str) -> str:
-        """Log in; returns the account's permissions (`r` or `rw`)."""
-        self.permissions = self._request("login", user=user, password=password).get("permissions")
+    def login(self, user: str, password: str) -> str | None:
+        """Log in; returns the account's permissions (`r` or `rw`), if the server says."""
+        permissions = self._request("login", user=user, password=password).get("permissions")
+        self.permissions = permissions if isinstance(permissions, str) else None
         return self.permissions
 
     def ls(self, path: str = "/") -> list[Entry]:

@@ -75,7 +75,7 @@ class Metrics(NullMetrics):
                     family.add_metric([result], count)
                 yield family
 
-        registry.register(CacheCollector())  # type: ignore[arg-type]
+        registry.register(CacheCollector())
         self._http: Any = None
 
     def serve(self, host: str, port: int) -> tuple[str, int]:

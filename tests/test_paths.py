@@ -1,4 +1,4 @@
-"""Virtual path rules, one line per case (PROTOCOL.md section 3)."""
+"""Virtual path rules, one line per case (docs/protocol.md section 6)."""
 
 import pytest
 

@@ -1,7 +1,7 @@
 """The server driven by hand-built frames over a real loopback socket.
 
 Not through our own client, so a bug shared by both sides cannot hide. One
-test per op and per error code of PROTOCOL.md.
+test per op and per error code of the protocol (docs/protocol.md).
 """
 
 from __future__ import annotations
