@@ -43,13 +43,14 @@ from ftpproto import (
     ProtocolMismatchError,
     Role,
     State,
+    UnsupportedError,
     error_from_response,
 )
 from ftpproto.io import SENDFILE_CHUNK, BackgroundMD5, FrameStream, RateLimiter, Writeback, md5_of, new_md5
 from ftpproto.messages import check_type, validate_md5
 from ftpproto.states import answer_event
 
-__all__ = ["Client", "Entry", "HandshakeError", "Progress", "ProtocolMismatchError", "Transfer", "md5_file"]
+__all__ = ["Client", "Entry", "HandshakeError", "Progress", "Transfer", "Usage", "md5_file"]
 
 Progress = Callable[[int, int], object]
 PARTIAL_PREFIX = ".sockftp-get-"
@@ -111,6 +112,30 @@ def _safe_name(value: object) -> str:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """A home's bytes: `used`, its `quota` and what is `free` of it (None: no quota),
+    and `disk_free`, what the server's storage can still take (None: not said)."""
+
+    used: int
+    quota: int | None
+    free: int | None
+    disk_free: int | None
+
+
+def _features(greeting: dict) -> frozenset[str]:
+    """The extensions a greeting offers; a v1 server names none."""
+    features = greeting.get("features")
+    if not isinstance(features, list):
+        return frozenset()
+    return frozenset(name for name in features if isinstance(name, str))
+
+
+def _optional_count(answer: dict, name: str) -> int | None:
+    value = answer.get(name)
+    return None if value is None else check_type(name, value, "int")
+
+
+@dataclass(frozen=True)
 class Transfer:
     """What one `get` or `put` did. `sent` counts bytes that crossed the network."""
 
@@ -155,6 +180,7 @@ class Client:
                 self.sock = _wrap_tls(self.sock, host, cafile)
             self.stream = FrameStream(self.sock)
             self.greeting = self._hello()
+            self.features = _features(self.greeting)
             self.permissions: str | None = None
             if user is not None:
                 self.login(user, password or "")
@@ -270,6 +296,25 @@ class Client:
 
     def rm(self, path: str) -> None:
         self._request("rm", path=path)
+
+    def usage(self) -> Usage:
+        """The home's usage, quota and free space (the `usage` extension)."""
+        self._need("usage")
+        answer = self._request("usage")
+        try:
+            return Usage(
+                used=check_type("used", answer.get("used"), "int"),
+                quota=_optional_count(answer, "quota"),
+                free=_optional_count(answer, "free"),
+                disk_free=_optional_count(answer, "disk_free"),
+            )
+        except ProtocolError as exc:
+            raise ProtocolMismatchError(f"malformed usage answer: {exc.message}") from None
+
+    def _need(self, feature: str) -> None:
+        """Refuse, before sending anything, a call the server's greeting did not offer."""
+        if feature not in self.features:
+            raise UnsupportedError(f"the server does not offer {feature!r} (it speaks plain protocol v1)")
 
     def quit(self) -> None:
         with contextlib.suppress(OSError, ProtocolError):

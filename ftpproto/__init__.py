@@ -9,7 +9,7 @@ and clocks. See docs/protocol.md.
 from .errors import *  # noqa: F403
 from .errors import __all__ as _error_names
 from .framing import MAX_FRAME, FrameDecoder, encode_frame
-from .messages import OPS, PROTOCOL_VERSION, validate_md5, validate_request
+from .messages import FEATURES, OPS, PROTOCOL_VERSION, validate_md5, validate_request
 from .paths import join_path, split_path
 from .states import Conversation, Event, Role, State, StateError
 
@@ -18,6 +18,7 @@ __all__ = [
     "MAX_FRAME",
     "FrameDecoder",
     "encode_frame",
+    "FEATURES",
     "OPS",
     "PROTOCOL_VERSION",
     "validate_md5",

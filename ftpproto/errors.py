@@ -29,6 +29,7 @@ __all__ = [
     "TimedOutError",
     "TooLargeError",
     "UnknownOpError",
+    "UnsupportedError",
     "error_from_response",
 ]
 
@@ -121,6 +122,11 @@ class TimedOutError(ProtocolError):
 
 class InternalError(ProtocolError):
     code = "internal"
+
+
+class UnsupportedError(UnknownOpError):
+    """The server's greeting does not offer the extension a call needs: raised by a
+    client before it sends anything, with the code a server without it would answer."""
 
 
 class ProtocolMismatchError(ProtocolError):

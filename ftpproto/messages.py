@@ -1,9 +1,11 @@
-"""The op table of protocol v1 and request validation.
+"""The op table of protocol v1, its extensions, and request validation.
 
 `OPS` says, for each op, which fields it takes (with their JSON type and
-default), whether it needs a logged-in or anonymous user, and whether it
-writes. `validate_request()` is the one gatekeeper for field types: it
-returns the op's spec and its arguments with defaults filled in.
+default), whether it needs a logged-in or anonymous user, whether it writes,
+and which extension it belongs to (none for the ops of v1). The greeting
+lists the extensions a server offers (`FEATURES`); a client uses one only if
+the greeting names it. `validate_request()` is the one gatekeeper for field
+types: it returns the op's spec and its arguments with defaults filled in.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from .errors import BadRequestError, UnknownOpError
 
 __all__ = [
+    "FEATURES",
     "OPS",
     "PROTOCOL_VERSION",
     "Field",
@@ -43,6 +46,7 @@ class OpSpec:
     fields: dict[str, Field] = field(default_factory=dict)
     needs_auth: bool = True
     writes: bool = False
+    feature: str | None = None  # the extension the op belongs to; None for v1's own ops
 
 
 OPS: dict[str, OpSpec] = {
@@ -66,8 +70,12 @@ OPS: dict[str, OpSpec] = {
         OpSpec("mkdir", {"path": Field("str"), "parents": Field("bool", False)}, writes=True),
         OpSpec("rm", {"path": Field("str")}, writes=True),
         OpSpec("quit", needs_auth=False),
+        OpSpec("usage", feature="usage"),
     )
 }
+
+# The extensions this implementation offers, as the greeting's `features` lists them.
+FEATURES: tuple[str, ...] = tuple(sorted({spec.feature for spec in OPS.values() if spec.feature}))
 
 # Frames that are only valid inside a get exchange (docs/protocol.md section 8).
 GET_REPLIES = ("ack", "cancel")

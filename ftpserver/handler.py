@@ -20,6 +20,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ftpproto import (
+    FEATURES,
     PROTOCOL_VERSION,
     AuthFailedError,
     AuthRequiredError,
@@ -134,6 +135,7 @@ class Session(socketserver.BaseRequestHandler):
             "proto": PROTOCOL_VERSION,
             "server": f"sockftp/{self.server.version}",
             "auth": "optional" if self.config.anonymous is not None else "required",
+            "features": list(FEATURES),
         }
 
     def serve_one(self) -> bool:
@@ -335,6 +337,9 @@ class Session(socketserver.BaseRequestHandler):
         log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
         self.emit("delete", path)
         self.reply({"ok": True})
+
+    def op_usage(self) -> None:
+        self.reply({"ok": True, **self.storage.home_usage(self.acting)})
 
     def op_quit(self) -> None:
         self.reply({"ok": True})  # the conversation is now closed

@@ -497,6 +497,29 @@ def test_a_put_over_the_quota_is_refused_before_any_data(backend, storage):
         begin(storage, alice, "one more", b"x")
 
 
+def test_home_usage_follows_puts_and_removals(backend, storage):
+    alice, bob = backend.account("alice", quota=1000), backend.account("bob")
+    assert storage.home_usage(alice) | {"disk_free": 0} == {
+        "used": 0,
+        "quota": 1000,
+        "free": 1000,
+        "disk_free": 0,
+    }
+    put(storage, alice, "a", b"x" * 300)
+    put(storage, alice, "dir/b", b"y" * 200, parents=True)
+    put(storage, bob, "c", b"z" * 50)
+    usage = storage.home_usage(alice)
+    assert (usage["used"], usage["quota"], usage["free"]) == (500, 1000, 500)
+    assert isinstance(usage["disk_free"], int) and usage["disk_free"] > 0
+    assert storage.home_usage(bob)["used"] == 50 and storage.home_usage(bob)["free"] is None
+    put(storage, alice, "a", b"x" * 100)  # a replace counts the difference
+    storage.remove(alice, "dir/b")
+    assert storage.home_usage(alice)["used"] == 100
+    interrupt(storage, alice, "half", content(400), 150)  # a partial kept for a resume is held too
+    assert storage.home_usage(alice)["used"] == 250
+    assert backend.restart().home_usage(alice)["used"] == 250  # and counted the same after a restart
+
+
 def test_uploads_running_at_once_cannot_pass_the_quota_together(backend, storage):
     alice = backend.account("alice", quota=1000)
     first = begin(storage, alice, "a", b"a" * 600)

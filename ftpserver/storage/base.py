@@ -86,6 +86,10 @@ class Storage(Protocol):
     def remove(self, account: Account, path: str) -> None:
         """Remove a file, or a directory that holds nothing the user can see."""
 
+    def home_usage(self, account: Account) -> dict:
+        """The home's `used` bytes, its `quota` and what is `free` of it (None without
+        a quota), and `disk_free`: what the storage under the home can still take."""
+
     def remove_stale_partials(self, max_age: float) -> int:
         """Delete interrupted uploads untouched for `max_age` seconds; return how many."""
 

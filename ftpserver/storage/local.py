@@ -413,6 +413,19 @@ class LocalStorage:
         finally:
             os.close(fd)
 
+    def home_usage(self, account: Account) -> dict:
+        home = self._home(account)
+        with os_errors("/"):
+            fd = open_home(self._root_fd, home)
+            try:
+                disk = os.fstatvfs(fd)
+            finally:
+                os.close(fd)
+        used = self.usage.used(home)  # counted once, then kept up to date by every change
+        quota = account.quota
+        free = None if quota is None else max(0, quota - used)
+        return {"used": used, "quota": quota, "free": free, "disk_free": disk.f_bavail * disk.f_frsize}
+
     # -- reading ---------------------------------------------------------------
 
     @staticmethod

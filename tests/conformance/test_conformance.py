@@ -1052,3 +1052,42 @@ def test_quota(open_server: Server, clients: Clients) -> None:
     small.put("first.bin", payload(600))
     expect_error("quota_exceeded", lambda: small.put_start("second.bin", 600, md5_hex(payload(600))))
     assert sorted(p.name for p in (open_server.storage / SMALL.home_dir).iterdir()) == ["first.bin"]
+
+
+# -- extensions (docs/protocol.md section 16), each used only if the greeting offers it ---
+
+
+def offered(client: RawClient) -> list[str]:
+    """The greeting's `features`: optional, and when present a list of strings."""
+    features = client.greeting.get("features", [])
+    assert isinstance(features, list) and all(isinstance(f, str) for f in features), client.greeting
+    return features
+
+
+def test_greeting_features_are_a_list_of_names(client: RawClient) -> None:
+    assert "usage" in offered(client)
+
+
+def test_usage_reports_the_home_and_follows_puts(open_server: Server, clients: Clients) -> None:
+    small = clients.login(open_server, SMALL)
+    if "usage" not in offered(small):
+        pytest.skip("the server does not offer usage")
+    before = small.request({"op": "usage"})
+    assert before["ok"] is True and before["quota"] == SMALL.quota
+    for key in ("used", "disk_free"):
+        assert isinstance(before[key], int) and not isinstance(before[key], bool) and before[key] >= 0, before
+    assert before["free"] == max(0, SMALL.quota - before["used"])
+    small.put("usage-probe.bin", payload(123))
+    after = small.request({"op": "usage"})
+    small.request({"op": "rm", "path": "usage-probe.bin"})  # the home is shared with other tests
+    assert after["used"] == before["used"] + 123 and after["free"] == before["free"] - 123
+    assert small.request({"op": "usage"})["used"] == before["used"]
+    anonymous = clients.connect(open_server).request({"op": "usage"})
+    assert anonymous["quota"] is None and anonymous["free"] is None
+
+
+def test_usage_needs_login_where_the_server_requires_it(closed_server: Server, clients: Clients) -> None:
+    client = clients.connect(closed_server)
+    expect_error("auth_required", lambda: client.request({"op": "usage"}))
+    client.login(ALICE.name, ALICE.password)
+    assert client.request({"op": "usage"})["ok"] is True
