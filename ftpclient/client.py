@@ -294,8 +294,19 @@ class Client:
     def mkdir(self, path: str, parents: bool = False) -> None:
         self._request("mkdir", path=path, parents=parents)
 
-    def rm(self, path: str) -> None:
-        self._request("rm", path=path)
+    def rm(self, path: str, recursive: bool = False) -> None:
+        """Remove a file or an empty directory; with `recursive` (the `rm-recursive`
+        extension), a directory and everything below it."""
+        if recursive:
+            self._need("rm-recursive")
+            self._request("rm", path=path, recursive=True)
+        else:
+            self._request("rm", path=path)
+
+    def rename(self, path: str, to: str, overwrite: bool = False) -> None:
+        """Give `path` the new name `to` in the same home, atomically (the `rename` extension)."""
+        self._need("rename")
+        self._request("rename", path=path, to=to, overwrite=overwrite)
 
     def usage(self) -> Usage:
         """The home's usage, quota and free space (the `usage` extension)."""

@@ -38,6 +38,7 @@ _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 class Field:
     kind: str  # "str", "int" (non-negative), "bool", "md5"
     default: Any = REQUIRED
+    feature: str | None = None  # the extension that adds the field to a v1 op
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,26 @@ OPS: dict[str, OpSpec] = {
             writes=True,
         ),
         OpSpec("mkdir", {"path": Field("str"), "parents": Field("bool", False)}, writes=True),
-        OpSpec("rm", {"path": Field("str")}, writes=True),
+        OpSpec("rm", {"path": Field("str"), "recursive": Field("bool", False, "rm-recursive")}, writes=True),
         OpSpec("quit", needs_auth=False),
+        # Extensions (docs/protocol.md section 16): ops of their own, and fields above.
         OpSpec("usage", feature="usage"),
+        OpSpec(
+            "rename",
+            {"path": Field("str"), "to": Field("str"), "overwrite": Field("bool", False)},
+            writes=True,
+            feature="rename",
+        ),
     )
 }
 
 # The extensions this implementation offers, as the greeting's `features` lists them.
-FEATURES: tuple[str, ...] = tuple(sorted({spec.feature for spec in OPS.values() if spec.feature}))
+FEATURES: tuple[str, ...] = tuple(
+    sorted(
+        {spec.feature for spec in OPS.values() if spec.feature}
+        | {f.feature for spec in OPS.values() for f in spec.fields.values() if f.feature}
+    )
+)
 
 # Frames that are only valid inside a get exchange (docs/protocol.md section 8).
 GET_REPLIES = ("ack", "cancel")

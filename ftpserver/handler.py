@@ -332,10 +332,25 @@ class Session(socketserver.BaseRequestHandler):
         self.emit("mkdir", path)
         self.reply({"ok": True})
 
-    def op_rm(self, path: str) -> None:
-        self.storage.remove(self.acting, path)
-        log.info("rm %s %s", self.peer, clean(path), extra=self.fields("rm", path=path))
-        self.emit("delete", path)
+    def op_rm(self, path: str, recursive: bool) -> None:
+        self.storage.remove(self.acting, path, recursive)
+        what = "rm -r" if recursive else "rm"
+        log.info(
+            "%s %s %s", what, self.peer, clean(path), extra=self.fields("rm", path=path, recursive=recursive)
+        )
+        self.emit("delete", path, **({"recursive": True} if recursive else {}))
+        self.reply({"ok": True})
+
+    def op_rename(self, path: str, to: str, overwrite: bool) -> None:
+        self.storage.rename(self.acting, path, to, overwrite)
+        log.info(
+            "rename %s %s -> %s",
+            self.peer,
+            clean(path),
+            clean(to),
+            extra=self.fields("rename", path=path, to=to),
+        )
+        self.emit("rename", path, to=join_path(split_path(to)))
         self.reply({"ok": True})
 
     def op_usage(self) -> None:

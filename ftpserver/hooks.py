@@ -27,7 +27,7 @@ __all__ = ["EVENTS", "Hook", "Hooks"]
 
 log = logging.getLogger("ftpserver.hooks")
 
-EVENTS = ("upload", "download", "delete", "mkdir", "login_failed", "ban")
+EVENTS = ("upload", "download", "delete", "rename", "mkdir", "login_failed", "ban")
 QUEUE_SIZE = 1000
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ftpclient import Client, ProtocolMismatchError
-from ftpproto import FEATURES, UnknownOpError, UnsupportedError
+from ftpproto import FEATURES, ExistsError, NotEmptyError, UnknownOpError, UnsupportedError
 from ftpproto.io import FrameStream, PeerClosedError
 
 from .conftest import PASSWORDS
@@ -102,6 +102,10 @@ def test_against_a_plain_v1_server_an_extension_is_refused_before_sending(script
             client.usage()
         assert isinstance(raised.value, UnknownOpError) and raised.value.code == "unknown_op"
         assert "does not offer 'usage'" in raised.value.message
+        with pytest.raises(UnsupportedError, match="'rename'"):
+            client.rename("/a", "/b")
+        with pytest.raises(UnsupportedError, match="'rm-recursive'"):
+            client.rm("/box", recursive=True)
         assert not client.closed and client.stat("/box").type == "dir"  # the connection goes on
     v1.join()
     assert [m["op"] for m in v1.received] == ["stat", "quit"]  # nothing was sent for usage
@@ -115,3 +119,21 @@ def test_a_malformed_usage_answer_is_the_servers_fault(scripted):
         assert client.features == {"usage", "later"}  # names that are not strings are ignored
         with pytest.raises(ProtocolMismatchError, match="malformed usage answer"):
             client.usage()
+
+
+def test_rename_and_recursive_rm_through_the_client(server, tmp_path):
+    source = tmp_path / "f"
+    source.write_bytes(b"moved bytes")
+    with Client("127.0.0.1", server.port, "alice", PASSWORDS["alice"], timeout=10) as client:
+        client.put(source, "/d/sub/f", parents=True)
+        client.rename("/d/sub/f", "/d/g")
+        assert [e.name for e in client.ls("/d")] == ["g", "sub"]
+        client.put(source, "/d/sub/other")
+        with pytest.raises(ExistsError):
+            client.rename("/d/sub/other", "/d/g")
+        client.rename("/d/sub/other", "/d/g", overwrite=True)
+        with pytest.raises(NotEmptyError):
+            client.rm("/d")
+        client.rm("/d", recursive=True)
+        assert client.ls("/") == []
+    assert not (server.root / "alice" / "d").exists()

@@ -287,7 +287,8 @@ def test_a_directory_swapped_for_a_symlink_out_in_a_tight_loop_never_lets_an_op_
     (outside / "f").write_bytes(OUTSIDE)
     (outside / "only-outside").write_bytes(OUTSIDE)
     for worker in range(workers):
-        (outside / f"v{worker}").write_bytes(OUTSIDE)  # what an escaped rm or put would hit
+        for name in (f"v{worker}", f"w{worker}", f"t{worker}"):
+            (outside / name).write_bytes(OUTSIDE)  # what an escaped put, rename or rm would hit
     (home / "dlink").symlink_to(outside)
     before, before_bob = tree(outside), tree(bob)
     streams = [raw(user="alice") for _ in range(workers)]
@@ -326,7 +327,11 @@ def test_a_directory_swapped_for_a_symlink_out_in_a_tight_loop_never_lets_an_op_
             record("ls", answer, f"ls listed {names}" if "only-outside" in names else None)
             ack, result = put(stream, f"d/v{worker}", INSIDE)
             record("put", result if result is not None else ack)
+            record("rename", stream.request("rename", path=f"d/v{worker}", to=f"d/w{worker}", overwrite=True))
+            record("rename", stream.request("rename", path=f"d/w{worker}", to=f"d/v{worker}", overwrite=True))
             record("rm", stream.request("rm", path=f"d/v{worker}"))
+            ack, result = put(stream, f"d/t{worker}/x", INSIDE, parents=True)
+            record("rm -r", stream.request("rm", path=f"d/t{worker}", recursive=True))
 
     swapper = subprocess.Popen(
         [sys.executable, "-c", SWAPPER, str(home), "5", str(RENAMEAT2_SYSCALL.get(platform.machine(), -1))],
@@ -358,7 +363,7 @@ def test_a_directory_swapped_for_a_symlink_out_in_a_tight_loop_never_lets_an_op_
     assert "internal error" not in caplog.text
     # Not vacuous: the swap happened many times, every op both ran and was refused.
     assert swaps > 1000, out
-    for op in ("get", "stat", "ls", "put", "rm"):
+    for op in ("get", "stat", "ls", "put", "rename", "rm", "rm -r"):
         assert counts[(op, "ok")] >= 3, counts
     assert sum(n for (_, code), n in counts.items() if code == "forbidden") >= 10, counts
 
@@ -820,3 +825,26 @@ def test_an_absolute_link_into_the_home_is_followed_and_one_out_of_it_is_not(wor
     assert get(stream, "abs/f")[1] == b"inside"
     assert [e["name"] for e in stream.request("ls")["entries"]] == ["abs", "docs"]
     assert_error(stream.request("stat", path="out/secret"), "forbidden")
+
+
+def test_rename_and_recursive_rm_move_or_remove_links_themselves_never_what_they_point_at(world, raw):
+    server, outside, bob = world
+    home = server.root / "alice"
+    (home / "tree" / "sub").mkdir(parents=True)
+    (home / "tree" / "sub" / "f").write_bytes(b"inside")
+    (home / "tree" / "out").symlink_to(outside)  # a link out, inside the tree
+    (home / "tree" / "bobs").symlink_to(bob / "secret")
+    (home / "linkout").symlink_to(outside)
+    before, before_bob = tree(outside), tree(bob)
+    stream = raw(user="alice")
+    # The link itself moves; its target is neither moved nor read.
+    assert stream.request("rename", path="linkout", to="moved-link")["ok"]
+    assert os.readlink(home / "moved-link") == str(outside)
+    # A path through a link out of the home is refused, on either side of a rename.
+    assert_error(stream.request("rename", path="moved-link/secret", to="stolen"), "forbidden")
+    assert_error(stream.request("rename", path="tree/sub/f", to="moved-link/planted"), "forbidden")
+    assert_error(stream.request("rm", path="moved-link/secret", recursive=True), "forbidden")
+    # rm -r removes the links in the tree and leaves what they point at alone.
+    assert stream.request("rm", path="tree", recursive=True)["ok"]
+    assert not (home / "tree").exists()
+    assert tree(outside) == before and tree(bob) == before_bob

@@ -206,7 +206,7 @@ def collector():
 def test_hooks_get_the_fields_of_every_event_by_command_and_by_post(make_config, serve, tmp_path, collector):
     url, posted = collector
     record = tmp_path / "events.jsonl"
-    everything = ["upload", "download", "delete", "mkdir", "login_failed", "ban"]
+    everything = ["upload", "download", "delete", "rename", "mkdir", "login_failed", "ban"]
     running = serve(
         make_config(
             defender={"safelist": [], "threshold": 2},
@@ -223,13 +223,16 @@ def test_hooks_get_the_fields_of_every_event_by_command_and_by_post(make_config,
         alice.put(tmp_path / "f", "in/f")
         alice.get("/in/f", tmp_path / "back")
         alice.rm("/in/f")
+        alice.put(tmp_path / "f", "in/g")
+        alice.rename("/in/g", "in/h")
+        alice.rm("/in", recursive=True)
     logs_in(running.port, "alice", "wrong")
     logs_in(running.port, "alice", "wrong")  # the second failure bans 127.0.0.1
 
     def seen() -> list[dict]:
         return [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
 
-    assert wait_until(lambda: len(seen()) >= 7, 15), seen()
+    assert wait_until(lambda: len(seen()) >= 10, 15), seen()
     by_event = {}
     for fields in seen():
         by_event.setdefault(fields["event"], fields)
@@ -244,9 +247,12 @@ def test_hooks_get_the_fields_of_every_event_by_command_and_by_post(make_config,
     }
     assert by_event["download"] == {**by_event["upload"], "event": "download"}
     assert by_event["delete"] == {**by_event["mkdir"], "event": "delete", "path": "/in/f"}
+    assert by_event["rename"] == {**by_event["mkdir"], "event": "rename", "path": "/in/g", "to": "/in/h"}
+    tree_removed = [fields for fields in seen() if fields["event"] == "delete"][1]
+    assert tree_removed == {**by_event["mkdir"], "event": "delete", "path": "/in", "recursive": "True"}
     assert by_event["login_failed"] == {"event": "login_failed", "user": "alice", "address": "127.0.0.1"}
     assert by_event["ban"] == {"event": "ban", "address": "127.0.0.1"}
-    assert wait_until(lambda: len(posted) == 1, 10)
+    assert wait_until(lambda: len(posted) == 2, 10)  # two uploads: in/f, then in/g
     assert posted[0] == {
         "event": "upload",
         "user": "alice",

@@ -222,6 +222,9 @@ OPERATIONS: dict[str, Callable[[Storage, Account, str], object]] = {
     "mkdir": lambda s, a, p: s.mkdir(a, p, False),
     "mkdir -p": lambda s, a, p: s.mkdir(a, p, True),
     "rm": lambda s, a, p: s.remove(a, p),
+    "rm -r": lambda s, a, p: s.remove(a, p, True),
+    "rename from": lambda s, a, p: s.rename(a, p, "renamed", True),
+    "rename to": lambda s, a, p: s.rename(a, "d", p, True),
 }
 
 
@@ -292,6 +295,125 @@ def test_a_home_at_the_top_never_lists_the_servers_own_names(backend, storage, a
     listed = names(storage, top)
     assert "alice" in listed and not any(name.startswith(".sockftp") for name in listed)
     assert names(storage, top, "alice") == ["f"]
+
+
+# -- rename and recursive removal (extensions) -------------------------------------------
+
+
+def test_rename_moves_a_file_or_a_tree_and_keeps_its_md5(storage, alice):
+    payload = content(5000, seed=7)
+    put(storage, alice, "a/b/f", payload, parents=True)
+    storage.rename(alice, "a/b/f", "a/g", False)
+    assert names(storage, alice, "a") == ["b", "g"] and names(storage, alice, "a/b") == []
+    assert read(storage, alice, "a/g") == payload and storage.stat(alice, "a/g")["md5"] == md5(payload)
+    storage.rename(alice, "a", "z", False)
+    assert names(storage, alice) == ["z"] and read(storage, alice, "z/g") == payload
+    storage.rename(alice, "z/g", "z/g", False)  # to itself: nothing happens
+    assert read(storage, alice, "z/g") == payload
+
+
+def test_rename_onto_an_existing_name(storage, alice):
+    put(storage, alice, "old", b"old bytes")
+    put(storage, alice, "new", b"new bytes")
+    storage.mkdir(alice, "dir", False)
+    with pytest.raises(ExistsError):
+        storage.rename(alice, "new", "old", False)
+    assert read(storage, alice, "old") == b"old bytes" and read(storage, alice, "new") == b"new bytes"
+    storage.rename(alice, "new", "old", True)
+    assert names(storage, alice) == ["dir", "old"] and read(storage, alice, "old") == b"new bytes"
+    with pytest.raises(IsDirectoryError):
+        storage.rename(alice, "old", "dir", True)  # a directory is never replaced
+    with pytest.raises(NotDirectoryError):
+        storage.rename(alice, "dir", "old", True)
+    with pytest.raises(ExistsError):
+        storage.rename(alice, "dir", "old", False)
+    assert names(storage, alice) == ["dir", "old"] and read(storage, alice, "old") == b"new bytes"
+
+
+def test_rename_of_one_of_two_identical_files_onto_the_other(storage, alice):
+    """An instant upload may make the second name share the first one's bytes."""
+    payload = content(3000, seed=8)
+    put(storage, alice, "one", payload)
+    put(storage, alice, "two", payload)
+    with pytest.raises(ExistsError):
+        storage.rename(alice, "one", "two", False)
+    storage.rename(alice, "one", "two", True)
+    assert names(storage, alice) == ["two"] and read(storage, alice, "two") == payload
+
+
+def test_rename_refusals(storage, alice):
+    storage.mkdir(alice, "d/e", True)
+    put(storage, alice, "f", b"x")
+    for path, to, error in [
+        ("missing", "x", NotFoundError),
+        ("f", "no/such/dir/f", NotFoundError),
+        ("d", "d/e/d", ForbiddenError),  # into itself
+        ("d", "d/d", ForbiddenError),
+        ("/", "home", ForbiddenError),
+        ("f", "/", ForbiddenError),
+    ]:
+        with pytest.raises(error):
+            storage.rename(alice, path, to, True)
+    assert names(storage, alice) == ["d", "f"] and names(storage, alice, "d") == ["e"]
+
+
+def test_rename_keeps_the_quota_and_a_replace_frees_the_old_bytes(backend, storage):
+    alice = backend.account("alice", quota=1000)
+    put(storage, alice, "a", b"x" * 600)
+    put(storage, alice, "b", b"y" * 300)
+    storage.rename(alice, "a", "moved", False)
+    assert storage.home_usage(alice)["used"] == 900
+    storage.rename(alice, "b", "moved", True)
+    assert storage.home_usage(alice)["used"] == 300
+    assert fits(storage, alice, 700) and not fits(storage, alice, 701)
+
+
+def test_a_rename_between_nested_homes_moves_the_bytes_between_their_usage(backend, storage):
+    """A home at the top holds the users' homes: what it moves out of one leaves that one's usage."""
+    alice = backend.account("alice", quota=1000)
+    top = backend.account(None)
+    put(storage, alice, "d/f", b"x" * 400, parents=True)
+    storage.rename(top, "alice/d", "from-alice", False)
+    assert storage.home_usage(alice)["used"] == 0 and names(storage, alice) == []
+    storage.rename(top, "from-alice", "alice/back", False)
+    assert storage.home_usage(alice)["used"] == 400 and read(storage, alice, "back/f") == b"x" * 400
+
+
+def test_recursive_rm_removes_a_tree_and_its_usage(backend, storage):
+    alice = backend.account("alice", quota=10_000)
+    for path in ("t/a", "t/b/c", "t/b/d/e", "keep"):
+        put(storage, alice, path, content(500, seed=len(path)), parents=True)
+    storage.mkdir(alice, "t/empty", False)
+    interrupt(storage, alice, "t/b/half", content(900, seed=9), 300)  # a kept partial goes too
+    with pytest.raises(NotEmptyError):
+        storage.remove(alice, "t")
+    storage.remove(alice, "t", True)
+    assert names(storage, alice) == ["keep"]
+    assert storage.home_usage(alice)["used"] == 500
+    storage.remove(alice, "keep", True)  # a file: removed as by plain rm
+    assert names(storage, alice) == [] and storage.home_usage(alice)["used"] == 0
+    with pytest.raises(NotFoundError):
+        storage.remove(alice, "t", True)
+    with pytest.raises(ForbiddenError):
+        storage.remove(alice, "/", True)
+
+
+def test_recursive_rm_stops_at_an_upload_in_progress(storage, alice):
+    storage.mkdir(alice, "t/busy", True)
+    put(storage, alice, "t/done", b"x")
+    upload = begin(storage, alice, "t/busy/f", content(1000))
+    try:
+        feed(upload, content(1000)[:100])
+        with pytest.raises(NotEmptyError):
+            storage.remove(alice, "t", True)
+        feed(upload, content(1000)[100:])
+        upload.finish()
+    except BaseException:
+        upload.abort()
+        raise
+    assert read(storage, alice, "t/busy/f") == content(1000)  # the upload was not disturbed
+    storage.remove(alice, "t", True)
+    assert names(storage, alice) == []
 
 
 # -- atomic upload -----------------------------------------------------------------------

@@ -83,8 +83,13 @@ class Storage(Protocol):
     def mkdir(self, account: Account, path: str, parents: bool) -> None:
         """Create a directory; with `parents`, missing parents too and no error if it exists."""
 
-    def remove(self, account: Account, path: str) -> None:
-        """Remove a file, or a directory that holds nothing the user can see."""
+    def remove(self, account: Account, path: str, recursive: bool = False) -> None:
+        """Remove a file, or a directory that holds nothing the user can see; with
+        `recursive`, a directory and everything below it (links removed, not followed)."""
+
+    def rename(self, account: Account, path: str, to: str, overwrite: bool) -> None:
+        """Give a file or directory a new name in the same home, atomically. An existing
+        file at `to` is replaced only with `overwrite`; a directory there never is."""
 
     def home_usage(self, account: Account) -> dict:
         """The home's `used` bytes, its `quota` and what is `free` of it (None without

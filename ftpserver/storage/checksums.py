@@ -84,6 +84,26 @@ class ChecksumCache:
         with self._lock:
             self._query("DELETE FROM checksums WHERE path=?", (path,))
 
+    def forget_below(self, path: str) -> None:
+        """Forget `path` and everything below it."""
+        with self._lock:
+            self._query(
+                "DELETE FROM checksums WHERE path=? OR (path > ? AND path < ?)",
+                (path, path + "/", path + "0"),
+            )
+
+    def move(self, old: str, new: str) -> None:
+        """`old` (a file, or a directory and all below it) is now called `new`."""
+        with self._lock:
+            below = (old, old + "/", old + "0")
+            self._query(
+                "DELETE FROM checksums WHERE path=? OR (path > ? AND path < ?)", (new, new + "/", new + "0")
+            )
+            self._query(
+                "UPDATE checksums SET path = ? || substr(path, ?) WHERE path=? OR (path > ? AND path < ?)",
+                (new, len(old) + 1, *below),
+            )
+
     def find(self, md5: str, size: int, home: str) -> list[str]:
         """Paths in `home` (a path below the root, "" for the root itself) remembered with
         this MD5 and size. The files may have changed since: check each with `lookup()`."""

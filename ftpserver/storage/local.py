@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import ctypes
 import errno
 import hashlib
 import logging
@@ -134,6 +135,25 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
         return None
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_RENAMEAT2 = getattr(_LIBC, "renameat2", None)
+RENAME_NOREPLACE = 1  # linux/fs.h
+
+
+def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
+    """Rename, failing with EEXIST if the new name is taken, atomically where the
+    kernel and filesystem can (renameat2); elsewhere checked just before."""
+    if _RENAMEAT2 is not None:
+        if _RENAMEAT2(src_fd, os.fsencode(src), dst_fd, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: no such flag on this filesystem
+            raise OSError(err, os.strerror(err), dst)
+    if _lstat(dst_fd, dst) is not None:
+        raise FileExistsError(errno.EEXIST, "already exists", dst)
+    os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
 def _kind(mode: int) -> str:
@@ -821,7 +841,7 @@ class LocalStorage:
                     return  # made meanwhile, perhaps by another `mkdir -p`: that is success
                 raise
 
-    def remove(self, account: Account, path: str) -> None:
+    def remove(self, account: Account, path: str, recursive: bool = False) -> None:
         vpath, parts = self._parse(account, path)
         if not parts:
             raise ForbiddenError("/: the home directory cannot be removed")
@@ -830,7 +850,10 @@ class LocalStorage:
             if st is None:
                 raise NotFoundError(f"{vpath}: no such file or directory")
             if stat_mod.S_ISDIR(st.st_mode):
-                self._remove_dir(place, vpath)
+                if recursive:
+                    self._remove_tree(place, vpath)
+                else:
+                    self._remove_dir(place, vpath)
                 return
             with self.usage.lock:  # a link or special file is removed itself, never followed
                 st = os.stat(place.name, dir_fd=place.dir_fd, follow_symlinks=False)
@@ -838,6 +861,108 @@ class LocalStorage:
                 if stat_mod.S_ISREG(st.st_mode):
                     self.usage.add(place.parts, -st.st_size)
             self.checksums.forget(place.key)
+
+    def _remove_tree(self, place: Place, vpath: str) -> None:
+        """Remove a directory and everything below it, depth first. Links are removed,
+        never followed; a directory with an upload running into it stops the removal
+        there (`not_empty`), whatever was removed before it stays removed."""
+        fd = open_dir(place.dir_fd, place.name)
+        try:
+            self._empty(fd, (*place.parts, place.name), vpath, 0)
+        finally:
+            os.close(fd)
+        os.rmdir(place.name, dir_fd=place.dir_fd)
+        self.checksums.forget_below(place.key)
+
+    def _empty(self, fd: int, where: tuple[str, ...], vpath: str, depth: int) -> None:
+        """Remove everything in the open directory `fd` (one descriptor per level)."""
+        if depth >= MAX_DEPTH:
+            raise ForbiddenError(f"{_short(vpath)}: deeper than the server allows ({MAX_DEPTH} levels)")
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        with self._lock:  # from here on no upload may claim a name in it
+            if any(key[:2] == ident for key in self._claims):
+                raise NotEmptyError(f"{_short(vpath)}: an upload into it is in progress")
+            self._removing.add(ident)
+        try:
+            with os.scandir(fd) as items:
+                names = [item.name for item in items]
+            for name in names:
+                held = _lstat(fd, name)
+                if held is not None and stat_mod.S_ISDIR(held.st_mode):
+                    child = open_dir(fd, name)  # O_NOFOLLOW: a directory swapped for a link is refused
+                    try:
+                        self._empty(child, (*where, name), f"{vpath}/{name}", depth + 1)
+                    finally:
+                        os.close(child)
+                    os.rmdir(name, dir_fd=fd)
+                    continue
+                with self.usage.lock:
+                    held = _lstat(fd, name)
+                    if held is None or stat_mod.S_ISDIR(held.st_mode):
+                        continue  # gone, or made meanwhile: rmdir of the parent says not_empty
+                    os.unlink(name, dir_fd=fd)
+                    if stat_mod.S_ISREG(held.st_mode):
+                        self.usage.add(where, -held.st_size)
+        finally:
+            with self._lock:
+                self._removing.discard(ident)
+
+    def rename(self, account: Account, path: str, to: str, overwrite: bool) -> None:
+        vpath, parts = self._parse(account, path)
+        tpath, tparts = self._parse(account, to)
+        if not parts or not tparts:
+            raise ForbiddenError("/: the home directory cannot be renamed or replaced")
+        with (
+            self._walk(account, vpath, parts, follow=False) as src,
+            self._walk(account, tpath, tparts, follow=False) as dst,
+        ):
+            old, new = (*src.parts, src.name), (*dst.parts, dst.name)
+            if new[: len(old)] == old and new != old:
+                raise ForbiddenError(f"{_short(tpath)}: a directory cannot move into itself")
+            with os_errors(vpath):
+                st = _lstat(src.dir_fd, src.name)
+            if st is None:
+                raise NotFoundError(f"{vpath}: no such file or directory")
+            with self.usage.lock, os_errors(tpath):
+                there = _lstat(dst.dir_fd, dst.name)
+                if there is None:
+                    _rename_noreplace(src.dir_fd, src.name, dst.dir_fd, dst.name)
+                elif (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+                    if new == old:
+                        return  # renamed to itself: nothing to do
+                    if not overwrite:
+                        raise ExistsError(f"{tpath}: already exists")
+                    # Two links to one file (as an instant upload makes): rename(2) would keep
+                    # both names, so the old name is removed and the new one already holds it.
+                    os.unlink(src.name, dir_fd=src.dir_fd)
+                    self.usage.add(src.parts, -st.st_size if stat_mod.S_ISREG(st.st_mode) else 0)
+                    self.checksums.forget(src.key)
+                    return
+                elif stat_mod.S_ISDIR(there.st_mode):
+                    raise IsDirectoryError(f"{tpath}: is a directory")
+                elif not overwrite:
+                    raise ExistsError(f"{tpath}: already exists")
+                elif stat_mod.S_ISDIR(st.st_mode):
+                    raise NotDirectoryError(f"{tpath}: is not a directory, and a directory cannot replace it")
+                else:
+                    os.rename(src.name, dst.name, src_dir_fd=src.dir_fd, dst_dir_fd=dst.dir_fd)
+                    if stat_mod.S_ISREG(there.st_mode):
+                        self.usage.add(dst.parts, -there.st_size)
+                self.usage.moved(old, new, lambda: self._bytes_at(dst, st))
+            self.checksums.move(src.key, dst.key)
+
+    def _bytes_at(self, place: Place, st: os.stat_result) -> int:
+        """What the entry at `place` (lstat `st`) holds, for the usage of homes it moved between."""
+        if stat_mod.S_ISREG(st.st_mode):
+            return st.st_size
+        if not stat_mod.S_ISDIR(st.st_mode):
+            return 0
+        fd = open_dir(place.dir_fd, place.name)
+        try:
+            return sum(held.st_size for _, _, _, held in files_below(fd, (*place.parts, place.name)))
+        finally:
+            os.close(fd)
 
     def _remove_dir(self, place: Place, vpath: str) -> None:
         """Remove a directory that holds nothing but abandoned partial uploads."""

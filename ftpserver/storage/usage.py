@@ -53,6 +53,19 @@ class Usage:
                 if where[: len(home)] == home:
                     self._used[home] += delta
 
+    def moved(self, old: Home, new: Home, size: Callable[[], int]) -> None:
+        """The file or tree at `old` is now at `new`: homes holding one but not the other
+        gain or lose its bytes. `size()` (a walk, for a tree) runs only if any does."""
+        with self.lock:
+            changed = [
+                home for home in self._used if (old[: len(home)] == home) != (new[: len(home)] == home)
+            ]
+            if not changed:
+                return
+            amount = size()
+            for home in changed:
+                self._used[home] += amount if new[: len(home)] == home else -amount
+
     def fits(self, home: Home, quota: int | None, extra: int) -> bool:
         """Whether `extra` more bytes held in `home` keep usage and every reservation
         within `quota` (call with the lock held to act on the answer)."""

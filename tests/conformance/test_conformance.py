@@ -1091,3 +1091,52 @@ def test_usage_needs_login_where_the_server_requires_it(closed_server: Server, c
     expect_error("auth_required", lambda: client.request({"op": "usage"}))
     client.login(ALICE.name, ALICE.password)
     assert client.request({"op": "usage"})["ok"] is True
+
+
+def test_rename_within_the_home(client: RawClient, area: Area) -> None:
+    if "rename" not in offered(client):
+        pytest.skip("the server does not offer rename")
+    client.put(area.path("a.txt"), b"first")
+    client.put(area.path("b.txt"), b"second")
+    rename = lambda src, dst, **more: client.request({"op": "rename", "path": src, "to": dst, **more})  # noqa: E731
+    assert rename(area.path("a.txt"), area.path("c.txt")) == {"ok": True}
+    assert (area.local / "c.txt").read_bytes() == b"first" and not (area.local / "a.txt").exists()
+    expect_error(
+        "exists", lambda: rename(area.path("c.txt"), area.path("b.txt"))
+    )  # overwrite defaults to false
+    assert (area.local / "b.txt").read_bytes() == b"second"
+    assert rename(area.path("c.txt"), area.path("b.txt"), overwrite=True) == {"ok": True}
+    assert sorted(p.name for p in area.local.iterdir()) == ["b.txt"]
+    assert (area.local / "b.txt").read_bytes() == b"first"
+    expect_error("not_found", lambda: rename(area.path("nothing"), area.path("x")))
+    expect_error("forbidden", lambda: rename(area.path("b.txt"), "../escaped"))
+    expect_error("bad_request", lambda: rename(area.path("b.txt"), area.path("x"), overwrite="yes"))
+    expect_error("bad_request", lambda: client.request({"op": "rename", "path": area.path("b.txt")}))
+    assert_usable(client)
+    assert sorted(p.name for p in area.local.iterdir()) == ["b.txt"]
+
+
+def test_recursive_rm(client: RawClient, area: Area) -> None:
+    if "rm-recursive" not in offered(client):
+        pytest.skip("the server does not offer rm-recursive")
+    client.put(area.path("t/a/f1"), b"1", parents=True)
+    client.put(area.path("t/f2"), b"2")
+    client.mkdir(area.path("t/empty"))
+    expect_error("not_empty", lambda: client.rm(area.path("t")))  # v1 rm is unchanged
+    assert client.request({"op": "rm", "path": area.path("t"), "recursive": True}) == {"ok": True}
+    assert list(area.local.iterdir()) == []
+    expect_error("not_found", lambda: client.request({"op": "rm", "path": area.path("t"), "recursive": True}))
+    expect_error("bad_request", lambda: client.request({"op": "rm", "path": area.path("x"), "recursive": 1}))
+
+
+def test_extensions_that_write_are_forbidden_to_a_read_only_user(
+    open_server: Server, clients: Clients, area: Area
+) -> None:
+    reader = clients.login(open_server, READER)
+    (area.local / "d").mkdir()
+    (area.local / "d" / "f").write_bytes(b"kept")
+    expect_error(
+        "forbidden", lambda: reader.request({"op": "rename", "path": area.path("d"), "to": area.path("e")})
+    )
+    expect_error("forbidden", lambda: reader.request({"op": "rm", "path": area.path("d"), "recursive": True}))
+    assert (area.local / "d" / "f").read_bytes() == b"kept"
