@@ -82,17 +82,19 @@ class Entry:
     size: int
     mtime: float
     md5: str | None = None
+    mode: int | None = None  # permission bits, from a server with the attributes extension
 
     @classmethod
     def from_message(cls, message: dict) -> Entry:
         try:
-            md5 = message.get("md5")
+            md5, mode = message.get("md5"), message.get("mode")
             return cls(
                 name=_safe_name(message.get("name")),
                 type=message["type"] if message.get("type") in ("file", "dir") else "file",
                 size=check_type("size", message.get("size"), "int"),
                 mtime=float(message.get("mtime", 0)),
                 md5=validate_md5(md5) if md5 is not None else None,
+                mode=check_type("mode", mode, "mode") if mode is not None else None,
             )
         except (ProtocolError, TypeError, ValueError, KeyError) as exc:
             raise ProtocolMismatchError(f"malformed entry from server: {exc}") from None
@@ -343,36 +345,42 @@ class Client:
         local: str | os.PathLike,
         progress: Progress | None = None,
         skip_identical: bool = True,
+        preserve: bool = False,
     ) -> Transfer:
         """Download `remote` to `local`, verified; resumes an interrupted earlier download.
 
         With `skip_identical`, a local file that already has the remote size
-        and MD5 is left alone and nothing is sent.
+        and MD5 is left alone and nothing is sent. With `preserve` (the attributes
+        extension), the local file gets the remote modification time and execute bits.
         """
         started = time.monotonic()
         local = Path(local)
+        if preserve:
+            self._need("attributes")
         with _DownloadLock(local) as lock:
             held, partial = self._find_partial(local) if lock.inherited else (0, None)
             lock.partial = partial  # kept marked for a later get if this one fails early
             if partial is not None and held > 0:
                 try:
-                    header = self._get_header(remote, held)
+                    header = self._get_header(remote, held, preserve)
                 except BadRequestError:  # the file on the server is now shorter than what we hold
                     partial.unlink()
                     held, partial = 0, None
-                    header = self._get_header(remote, 0)
+                    header = self._get_header(remote, 0, preserve)
             else:
-                header = self._get_header(remote, 0)
+                header = self._get_header(remote, 0, preserve)
             size, md5 = header["size"], header["md5"]
             if skip_identical and _same_file(local, size, md5):
                 self._send({"op": "cancel"}, Event.CANCEL)
                 if partial is not None:
                     partial.unlink()  # the target already holds the file
+                if preserve:
+                    _set_attributes(local, header)
                 return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
             if partial is not None and partial.name != _partial_name(local, md5):
                 self._send({"op": "cancel"}, Event.CANCEL)  # the partial file is of another version
                 partial.unlink()
-                held, header = 0, self._get_header(remote, 0)
+                held, header = 0, self._get_header(remote, 0, preserve)
                 size, md5 = header["size"], header["md5"]
             partial = lock.partial = local.parent / _partial_name(local, md5)
             # Append only to a partial file found above; anything else under this name is
@@ -393,16 +401,24 @@ class Client:
             if digest.hexdigest() != md5:
                 partial.unlink()
                 raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
+            if preserve:
+                _set_attributes(partial, header)  # before the rename: the file appears complete
             os.replace(partial, local)
         return Transfer(remote, str(local), size, md5, size - held, time.monotonic() - started)
 
-    def _get_header(self, remote: str, offset: int) -> dict:
-        header = self._request("get", path=remote, offset=offset)
+    def _get_header(self, remote: str, offset: int, attributes: bool = False) -> dict:
+        fields: dict[str, object] = {"path": remote, "offset": offset}
+        if attributes:
+            fields["attributes"] = True
+        header = self._request("get", **fields)
         try:
             size = check_type("size", header.get("size"), "int")
             validate_md5(header.get("md5"))
             if header.get("offset") != offset or size < offset:
                 raise ValueError(f"server answered offset {header.get('offset')!r} to {offset}")
+            if attributes:
+                check_type("mtime", header.get("mtime"), "time")
+                check_type("mode", header.get("mode"), "mode")
         except (ProtocolError, ValueError) as exc:
             self._drop()  # the server now waits for ack or cancel: the stream is out of step
             raise ProtocolMismatchError(f"malformed get header: {exc}") from None
@@ -443,13 +459,20 @@ class Client:
         overwrite: bool = True,
         parents: bool = False,
         progress: Progress | None = None,
+        preserve: bool = False,
     ) -> Transfer:
         """Upload `local` to `remote`, verified. Sends only what the server lacks:
-        nothing if it holds this exact file, the rest if an earlier upload broke off."""
+        nothing if it holds this exact file, the rest if an earlier upload broke off.
+        With `preserve` (the attributes extension), the stored file keeps the local
+        modification time and execute bits."""
         started = time.monotonic()
+        if preserve:
+            self._need("attributes")
         with open_regular(local) as file:
-            size = os.fstat(file.fileno()).st_size
+            st = os.fstat(file.fileno())
+            size = st.st_size
             md5 = md5_of(file).hexdigest()
+            attributes = {"mtime": st.st_mtime_ns / 1e9, "mode": stat.S_IMODE(st.st_mode)} if preserve else {}
             # offset == size tells "already there" for a non-empty file only; ask about an empty one.
             was_there = size == 0 and self._holds_empty_file(remote)
             # Before its ack the server may hash up to `size` bytes (a held partial, or the
@@ -457,7 +480,7 @@ class Client:
             timeout = self.stream.timeout
             with self.stream.timed(None if timeout is None else timeout + size / 50e6):
                 ack = self._request(
-                    "put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents
+                    "put", path=remote, size=size, md5=md5, overwrite=overwrite, parents=parents, **attributes
                 )
             offset = ack.get("offset")
             if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size:
@@ -554,6 +577,16 @@ def _partial_name(local: Path, md5: str) -> str:
     """Hidden name of a download in progress: fixed length, so any target name fits."""
     key = hashlib.sha256(os.fsencode(local.name)).hexdigest()[:16]
     return f"{PARTIAL_PREFIX}{key}-{md5}"
+
+
+def _set_attributes(local: Path, header: dict) -> None:
+    """Give a downloaded file the remote modification time, and execute permission
+    wherever it has read permission if the remote file is executable."""
+    bits = stat.S_IMODE(local.stat().st_mode) & 0o666
+    if header["mode"] & 0o111:
+        bits |= (bits & 0o444) >> 2
+    local.chmod(bits)
+    os.utime(local, ns=(time.time_ns(), round(header["mtime"] * 1e9)))
 
 
 def _same_file(local: Path, size: int, md5: str) -> bool:

@@ -31,12 +31,13 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 REQUIRED = object()
+MAX_TIME = 1e11  # seconds either side of 1970: beyond the year 5000, and within what a float holds to the microsecond
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # "str", "int" (non-negative), "bool", "md5"
+    kind: str  # "str", "int" (non-negative), "bool", "md5", "time" (seconds), "mode" (permission bits)
     default: Any = REQUIRED
     feature: str | None = None  # the extension that adds the field to a v1 op
 
@@ -56,7 +57,14 @@ OPS: dict[str, OpSpec] = {
         OpSpec("login", {"user": Field("str"), "password": Field("str")}, needs_auth=False),
         OpSpec("ls", {"path": Field("str", "/")}),
         OpSpec("stat", {"path": Field("str")}),
-        OpSpec("get", {"path": Field("str"), "offset": Field("int", 0)}),
+        OpSpec(
+            "get",
+            {
+                "path": Field("str"),
+                "offset": Field("int", 0),
+                "attributes": Field("bool", False, "attributes"),
+            },
+        ),
         OpSpec(
             "put",
             {
@@ -65,6 +73,8 @@ OPS: dict[str, OpSpec] = {
                 "md5": Field("md5"),
                 "overwrite": Field("bool", True),
                 "parents": Field("bool", False),
+                "mtime": Field("time", None, "attributes"),
+                "mode": Field("mode", None, "attributes"),
             },
             writes=True,
         ),
@@ -105,10 +115,20 @@ def check_type(name: str, value: Any, kind: str) -> Any:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
     elif kind == "md5":
         return validate_md5(value, name)
+    elif kind == "time":  # seconds since the epoch, as a file system can hold them
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and abs(value) < MAX_TIME
+    elif kind == "mode":
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777
     else:  # pragma: no cover - a typo in the table
         raise AssertionError(kind)
     if not ok:
-        wanted = {"str": "a string", "bool": "true or false", "int": "a non-negative integer"}
+        wanted = {
+            "str": "a string",
+            "bool": "true or false",
+            "int": "a non-negative integer",
+            "time": f"a number of seconds since the epoch (below {MAX_TIME:.0e} either way)",
+            "mode": "permission bits, an integer from 0 to 4095 (0o7777)",
+        }
         raise BadRequestError(f"field '{name}' must be {wanted[kind]}")
     return value
 
@@ -134,7 +154,8 @@ def op_spec(message: dict) -> OpSpec:
 
 
 def parse_args(spec: OpSpec, message: dict) -> dict[str, Any]:
-    """Return the op's arguments, defaults filled in and unknown fields dropped.
+    """Return the op's arguments, v1 defaults filled in and unknown fields dropped; an
+    extension's field appears only when sent (the op's handler has its default).
 
     Raises `BadRequestError` for a missing or mistyped field.
     """
@@ -144,7 +165,7 @@ def parse_args(spec: OpSpec, message: dict) -> dict[str, Any]:
             args[name] = check_type(name, message[name], spec_field.kind)
         elif spec_field.default is REQUIRED:
             raise BadRequestError(f"'{spec.name}' needs field '{name}'")
-        else:
+        elif spec_field.feature is None:  # an extension's field left out: a v1 request, as it was
             args[name] = spec_field.default
     return args
 

@@ -264,13 +264,15 @@ class Session(socketserver.BaseRequestHandler):
     def op_stat(self, path: str) -> None:
         self.reply({"ok": True, **self.storage.stat(self.acting, path)})
 
-    def op_get(self, path: str, offset: int) -> None:
+    def op_get(self, path: str, offset: int, attributes: bool = False) -> None:
         started = time.monotonic()
         snapshot = self.storage.open_snapshot(self.acting, path)
         try:
             if offset > snapshot.size:
                 raise BadRequestError(f"offset {offset} is past the end of the file ({snapshot.size} bytes)")
             header = {"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset}
+            if attributes:  # the attributes extension, asked for: a v1 header stays as it was
+                header.update(mtime=snapshot.mtime, mode=snapshot.mode)
             self.reply(header, Event.HEADER)
             self.receive(self.limits.idle_timeout, "ack or cancel")
             if self.conversation.state is State.IDLE:  # cancelled
@@ -293,9 +295,18 @@ class Session(socketserver.BaseRequestHandler):
         finally:
             snapshot.close()
 
-    def op_put(self, path: str, size: int, md5: str, overwrite: bool, parents: bool) -> None:
+    def op_put(
+        self,
+        path: str,
+        size: int,
+        md5: str,
+        overwrite: bool,
+        parents: bool,
+        mtime: float | None = None,
+        mode: int | None = None,
+    ) -> None:
         started = time.monotonic()
-        upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents)
+        upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents, mtime, mode)
         count = size - upload.offset
         received = 0
 
@@ -332,7 +343,7 @@ class Session(socketserver.BaseRequestHandler):
         self.emit("mkdir", path)
         self.reply({"ok": True})
 
-    def op_rm(self, path: str, recursive: bool) -> None:
+    def op_rm(self, path: str, recursive: bool = False) -> None:
         self.storage.remove(self.acting, path, recursive)
         what = "rm -r" if recursive else "rm"
         log.info(

@@ -3,8 +3,10 @@ clean refusal (before anything is sent) against a server that offers less."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -137,3 +139,39 @@ def test_rename_and_recursive_rm_through_the_client(server, tmp_path):
         client.rm("/d", recursive=True)
         assert client.ls("/") == []
     assert not (server.root / "alice" / "d").exists()
+
+
+def test_attributes_round_trip_with_preserve(server, tmp_path):
+    when = 1_600_000_000.125
+    tool = tmp_path / "tool.sh"
+    tool.write_bytes(b"#!/bin/sh\necho hi\n")
+    tool.chmod(0o755)
+    os.utime(tool, (when, when))
+    with Client("127.0.0.1", server.port, "alice", PASSWORDS["alice"], timeout=10) as client:
+        client.put(tool, "/bin/tool.sh", parents=True, preserve=True)
+        entry = client.stat("/bin/tool.sh")
+        assert entry.mtime == pytest.approx(when, abs=1e-6) and entry.mode is not None and entry.mode & 0o100
+        back = tmp_path / "back.sh"
+        client.get("/bin/tool.sh", back, preserve=True)
+        assert back.stat().st_mtime == pytest.approx(when, abs=1e-6) and back.stat().st_mode & 0o100
+        plain = tmp_path / "plain.sh"
+        client.get("/bin/tool.sh", plain)  # without preserve: a new file, as before
+        assert abs(plain.stat().st_mtime - time.time()) < 60 and not plain.stat().st_mode & 0o111
+        os.utime(back, (0, 0))
+        back.chmod(0o644)
+        client.get("/bin/tool.sh", back, preserve=True)  # identical: nothing sent, attributes set
+        assert back.stat().st_mtime == pytest.approx(when, abs=1e-6) and back.stat().st_mode & 0o100
+
+
+def test_preserve_against_a_plain_v1_server_is_refused_before_sending(scripted, tmp_path):
+    v1 = scripted(V1_GREETING, lambda message: None)
+    (tmp_path / "f").write_bytes(b"x")
+    with Client("127.0.0.1", v1.port, timeout=10) as client:
+        with pytest.raises(UnsupportedError, match="'attributes'"):
+            client.put(tmp_path / "f", "/f", preserve=True)
+        with pytest.raises(UnsupportedError, match="'attributes'"):
+            client.get("/f", tmp_path / "g", preserve=True)
+        assert not client.closed
+    v1.join()
+    assert [m["op"] for m in v1.received] == ["quit"]
+    assert not (tmp_path / "g").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["f"]

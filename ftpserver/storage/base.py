@@ -19,9 +19,16 @@ __all__ = ["Snapshot", "Storage", "Upload", "entry"]
 
 
 def entry(name: str, mode: int, size: int, mtime: float) -> dict:
-    """One `ls`/`stat` entry as the protocol shows it."""
+    """One `ls`/`stat` entry as the protocol shows it (`mode`: the attributes extension)."""
     is_dir = stat_mod.S_ISDIR(mode)
-    return {"name": name, "type": "dir" if is_dir else "file", "size": 0 if is_dir else size, "mtime": mtime}
+    kind = "dir" if is_dir else "file"
+    return {
+        "name": name,
+        "type": kind,
+        "size": 0 if is_dir else size,
+        "mtime": mtime,
+        "mode": stat_mod.S_IMODE(mode),
+    }
 
 
 @dataclass
@@ -32,6 +39,8 @@ class Snapshot:
     file: BinaryIO
     size: int
     md5: str
+    mtime: float = 0.0
+    mode: int = 0o644  # permission bits
 
     def close(self) -> None:
         self.file.close()
@@ -75,10 +84,20 @@ class Storage(Protocol):
         """Open a regular file for `get`."""
 
     def begin_upload(
-        self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
+        self,
+        account: Account,
+        path: str,
+        size: int,
+        md5: str,
+        overwrite: bool,
+        parents: bool,
+        mtime: float | None = None,
+        mode: int | None = None,
     ) -> Upload:
         """Check everything a `put` needs (permissions, quota, conflicts) before any
-        data flows, then set up where the bytes go."""
+        data flows, then set up where the bytes go. With `mtime` and `mode` (the
+        attributes extension) the stored file gets that modification time and, if
+        `mode` is executable, execute permission where it has read permission."""
 
     def mkdir(self, account: Account, path: str, parents: bool) -> None:
         """Create a directory; with `parents`, missing parents too and no error if it exists."""

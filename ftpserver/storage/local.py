@@ -156,6 +156,31 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
 
+def _stored_mode(current: int, mode: int | None) -> int:
+    """The permission bits a stored file keeps: the server's own read and write bits,
+    plus execute wherever it has read, if the client's file was executable."""
+    bits = stat_mod.S_IMODE(current) & 0o666
+    if mode is not None and mode & 0o111:
+        bits |= (bits & 0o444) >> 2
+    return bits
+
+
+def _attributes_match(st: os.stat_result, mtime: float | None, mode: int | None) -> bool:
+    """Whether the file with stat `st` already has what a put asked for."""
+    if mtime is not None and round(mtime * 1e9) != st.st_mtime_ns:
+        return False
+    return mode is None or _stored_mode(st.st_mode, mode) == stat_mod.S_IMODE(st.st_mode)
+
+
+def _apply_attributes(fd: int, mtime: float | None, mode: int | None) -> None:
+    """Give the open file the modification time and execute bits a put asked for."""
+    st = os.fstat(fd)
+    if mode is not None and _stored_mode(st.st_mode, mode) != stat_mod.S_IMODE(st.st_mode):
+        os.fchmod(fd, _stored_mode(st.st_mode, mode))
+    if mtime is not None:
+        os.utime(fd, ns=(st.st_atime_ns, round(mtime * 1e9)))
+
+
 def _kind(mode: int) -> str:
     if stat_mod.S_ISLNK(mode):
         return "symbolic link"
@@ -193,6 +218,9 @@ class LocalUpload:
     writeback: Writeback | None = field(default=None, repr=False)
     temp_stat: os.stat_result | None = field(default=None, repr=False)  # what lands under the name
     error: ProtocolError | None = field(default=None, repr=False)
+    mtime: float | None = None  # the attributes extension: what the stored file gets
+    mode: int | None = None
+    touch: bool = False  # the destination holds these bytes already, but not these attributes
 
     def space(self) -> memoryview | None:
         return self.digest.space() if self.digest is not None else None
@@ -214,6 +242,8 @@ class LocalUpload:
     def finish(self) -> None:
         try:
             if self.temp is None:
+                if self.touch:
+                    self._touch()
                 return  # the destination already holds this very file
             if self.file is not None:
                 self._verify_received()
@@ -236,6 +266,7 @@ class LocalUpload:
             raise self.error
         try:
             with os_errors(self.path):
+                _apply_attributes(self.file.fileno(), self.mtime, self.mode)
                 os.fsync(self.file.fileno())
                 # A rename keeps inode, size and mtime: this is what lands under the name.
                 self.temp_stat = os.fstat(self.file.fileno())
@@ -275,6 +306,20 @@ class LocalUpload:
             _fsync_dir(fd)
         if self.temp_stat is not None:
             self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
+
+    def _touch(self) -> None:
+        """Give the file already at the destination (its only link) the attributes asked for."""
+        with os_errors(self.path):
+            fd = os.open(self.place.name, READ_FLAGS, dir_fd=self.place.dir_fd)
+            try:
+                st = os.fstat(fd)
+                if not stat_mod.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != self.size:
+                    return  # replaced since the put began: that file is not ours to change
+                _apply_attributes(fd, self.mtime, self.mode)
+                os.fsync(fd)
+                self.storage.checksums.record(self.place.key, os.fstat(fd), self.md5)
+            finally:
+                os.close(fd)
 
     def _check_still_ours(self, name: str) -> None:
         """Raise unless `name` is the very file this upload wrote. Only someone with write
@@ -478,7 +523,7 @@ class LocalStorage:
                         return vpath, self._entries(account, fd, where)
                 if not stat_mod.S_ISREG(st.st_mode):
                     raise ForbiddenError(f"{vpath}: not a regular file")
-                return vpath, [entry(vpath.rsplit("/", 1)[-1], st.st_mode, st.st_size, st.st_mtime)]
+                return vpath, [entry(vpath.rsplit("/", 1)[-1], st.st_mode, st.st_size, st.st_mtime_ns / 1e9)]
             finally:
                 os.close(fd)
 
@@ -502,7 +547,7 @@ class LocalStorage:
                             home_fd = open_home(self._root_fd, self._home(account))
                         st = self._follow(account, home_fd, (dir_fd, where), name)
                     if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
-                        entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime))
+                        entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime_ns / 1e9))
         finally:
             if home_fd >= 0:
                 os.close(home_fd)
@@ -541,17 +586,18 @@ class LocalStorage:
             fd, st = self._open(place, vpath)
             if stat_mod.S_ISDIR(st.st_mode):
                 os.close(fd)
-                return entry(name, st.st_mode, st.st_size, st.st_mtime)
+                return entry(name, st.st_mode, st.st_size, st.st_mtime_ns / 1e9)
             with open(fd, "rb", closefd=True) as file:
                 md5 = self._md5(place, vpath, file, st)
-            return {**entry(name, st.st_mode, st.st_size, st.st_mtime), "md5": md5}
+            return {**entry(name, st.st_mode, st.st_size, st.st_mtime_ns / 1e9), "md5": md5}
 
     def open_snapshot(self, account: Account, path: str) -> Snapshot:
         vpath, parts = self._parse(account, path)
         with self._walk(account, vpath, parts, follow=True) as place:
             file, st = self._open_file(place, vpath)
             try:
-                return Snapshot(file, st.st_size, self._md5(place, vpath, file, st))
+                md5 = self._md5(place, vpath, file, st)
+                return Snapshot(file, st.st_size, md5, st.st_mtime_ns / 1e9, stat_mod.S_IMODE(st.st_mode))
             except BaseException:
                 file.close()
                 raise
@@ -570,7 +616,15 @@ class LocalStorage:
     # -- writing ---------------------------------------------------------------
 
     def begin_upload(
-        self, account: Account, path: str, size: int, md5: str, overwrite: bool, parents: bool
+        self,
+        account: Account,
+        path: str,
+        size: int,
+        md5: str,
+        overwrite: bool,
+        parents: bool,
+        mtime: float | None = None,
+        mode: int | None = None,
     ) -> LocalUpload:
         vpath, parts = self._parse(account, path)
         if not parts:
@@ -597,8 +651,16 @@ class LocalStorage:
             place.close()
             raise
         upload = LocalUpload(self, account, home, place, vpath, size, md5, overwrite, offset=size)
+        upload.mtime, upload.mode = mtime, mode
         if identical:
-            return upload
+            there = _lstat(place.dir_fd, place.name)
+            if not overwrite or there is None or _attributes_match(there, mtime, mode):
+                return upload  # without overwrite, a file already there is left as it is
+            if there.st_nlink == 1:
+                upload.touch = True  # finish() sets them on the file itself
+                return upload
+            # Its inode is shared with another name (an instant upload): that name keeps
+            # its attributes, and this one gets a copy of its own (made on the server).
         try:
             return self._instant_copy(upload, replaced) or self._resumable(upload, replaced)
         except BaseException:
@@ -744,7 +806,11 @@ class LocalStorage:
         claim = self._claim_key(place.dir_fd, temp)
         try:
             with os_errors(upload.path):
-                linked = self._link(source, place, temp, st) or self._copy(file, place, temp, upload.md5)
+                linked = (
+                    self._link(source, place, temp, st)
+                    if _attributes_match(st, upload.mtime, upload.mode)
+                    else None
+                ) or self._copy(file, place, temp, upload)
         except BaseException:
             reservation.release()
             self.unclaim(place.dir_fd, claim)
@@ -776,8 +842,9 @@ class LocalStorage:
         return linked if same else None
 
     @staticmethod
-    def _copy(file: BinaryIO, place: Place, temp: str, md5: str) -> os.stat_result | None:
-        """Copy the open source to `temp` (where links are not allowed), verified and fsynced."""
+    def _copy(file: BinaryIO, place: Place, temp: str, upload: LocalUpload) -> os.stat_result | None:
+        """Copy the open source to `temp` (where a link will not do), with the upload's
+        attributes, verified and fsynced."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=place.dir_fd)  # a link that did not match
         fd = os.open(temp, WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=place.dir_fd)
@@ -785,8 +852,9 @@ class LocalStorage:
             file.seek(0)
             shutil.copyfileobj(file, copy, 1024 * 1024)
             copy.flush()
+            _apply_attributes(copy.fileno(), upload.mtime, upload.mode)
             os.fsync(copy.fileno())
-            if md5_of(copy).hexdigest() != md5:
+            if md5_of(copy).hexdigest() != upload.md5:
                 return None
             return os.fstat(copy.fileno())
 

@@ -1140,3 +1140,38 @@ def test_extensions_that_write_are_forbidden_to_a_read_only_user(
     )
     expect_error("forbidden", lambda: reader.request({"op": "rm", "path": area.path("d"), "recursive": True}))
     assert (area.local / "d" / "f").read_bytes() == b"kept"
+
+
+def test_attributes_travel_with_put_and_get(client: RawClient, area: Area) -> None:
+    if "attributes" not in offered(client):
+        pytest.skip("the server does not offer attributes")
+    data = payload(2000)
+    when = 1_500_000_000.5
+    ack = client.request(
+        {
+            "op": "put",
+            "path": area.path("run.sh"),
+            "size": len(data),
+            "md5": md5_hex(data),
+            "mtime": when,
+            "mode": 0o755,
+        }
+    )
+    assert ack["ok"] and ack["offset"] == 0
+    client.send_raw(data)
+    assert client.recv_frame()["ok"] is True
+    on_disk = (area.local / "run.sh").stat()
+    assert abs(on_disk.st_mtime - when) < 1e-3 and on_disk.st_mode & 0o100
+    node = client.stat(area.path("run.sh"))
+    assert abs(node["mtime"] - when) < 1e-3 and node["mode"] & 0o100
+    header = client.request({"op": "get", "path": area.path("run.sh"), "attributes": True})
+    assert abs(header["mtime"] - when) < 1e-3 and header["mode"] == node["mode"]
+    client.send({"op": "cancel"})
+    plain = client.request({"op": "get", "path": area.path("run.sh")})
+    assert "mtime" not in plain and "mode" not in plain  # a v1 get header is unchanged
+    client.send({"op": "cancel"})
+    assert_usable(client)
+    for name, value in (("mtime", "yesterday"), ("mtime", True), ("mode", 0o10000), ("mode", -1)):
+        request = {"op": "put", "path": area.path("x"), "size": 1, "md5": md5_hex(b"x"), name: value}
+        expect_error("bad_request", lambda request=request: client.request(request), f"{name}={value!r}")
+    assert_usable(client)
