@@ -286,12 +286,15 @@ class Client:
         entries = []
         while True:
             page = self._response()
-            entries += [Entry.from_message(item) for item in page.get("entries", [])]
+            with self._wire():  # a malformed page: the rest of the listing would be out of step
+                entries += [Entry.from_message(item) for item in page.get("entries", [])]
             if not page.get("more"):
                 return entries
 
     def stat(self, path: str) -> Entry:
-        return Entry.from_message(self._request("stat", path=path))
+        answer = self._request("stat", path=path)
+        with self._wire():
+            return Entry.from_message(answer)
 
     def mkdir(self, path: str, parents: bool = False) -> None:
         self._request("mkdir", path=path, parents=parents)
@@ -322,6 +325,7 @@ class Client:
                 disk_free=_optional_count(answer, "disk_free"),
             )
         except ProtocolError as exc:
+            self._drop()
             raise ProtocolMismatchError(f"malformed usage answer: {exc.message}") from None
 
     def _need(self, feature: str) -> None:
@@ -334,8 +338,9 @@ class Client:
             self._request("quit")
 
     def close(self) -> None:
-        """Say `quit` if the connection still works, then close it."""
-        if not self.closed:
+        """Say `quit` if the connection is between exchanges, then close it. In the middle
+        of one (an interrupted transfer), a frame would land inside the data: just close."""
+        if not self.closed and self.conversation.state is State.IDLE:
             self.quit()
         self._drop()
 

@@ -5,9 +5,9 @@ frame or data phase a side sends is `send()`, each one it gets is `receive()`.
 An event the table does not allow never passes silently:
 
 - from the peer, it raises the protocol error it means: the server answers a
-  stray `ack` with a `bad_request` and stays, a request where `ack`/`cancel`
-  was due with a closing one; the client gives up on a server that broke the
-  protocol (`ProtocolMismatchError`);
+  stray `ack` with a `bad_request` (as if it were a request) and stays, a
+  request where `ack`/`cancel` was due with a closing one; the client gives up
+  on a server that broke the protocol (`ProtocolMismatchError`);
 - from this side, it raises `StateError`: a bug of ours, never sent on.
 
 The exchanges (docs/protocol.md, sections 4 to 10), as states:
@@ -93,7 +93,6 @@ EXCHANGES: dict[str, State] = {
 TABLE: dict[tuple[State, Role, Event], State] = {
     (State.GREETING, S, Event.HELLO): State.IDLE,
     (State.IDLE, C, Event.REQUEST): State.ANSWERING,  # or EXCHANGES[op]
-    (State.IDLE, S, Event.ERROR): State.IDLE,  # the answer to a stray ack or cancel
     (State.ANSWERING, S, Event.ANSWER): State.IDLE,
     (State.ANSWERING, S, Event.ERROR): State.IDLE,
     (State.LISTING, S, Event.PAGE): State.LISTING,
@@ -175,7 +174,9 @@ class Conversation:
             self.close()
             return ProtocolMismatchError(f"the server sent {event.value} {self.state.value}")
         if self.state is State.IDLE and event in (Event.ACK, Event.CANCEL):
-            # A stray frame between exchanges: refused, and the connection is still in step.
+            # A stray frame between exchanges is answered like a request, with this error,
+            # and the connection stays in step.
+            self.state = State.ANSWERING
             return BadRequestError(f"'{event.value}' is only valid right after a get header")
         expected = _EXPECTED.get(self.state, f"{event.value} is not allowed {self.state.value}")
         return BadRequestError(expected, closes=True)

@@ -151,7 +151,12 @@ class Session(socketserver.BaseRequestHandler):
             raise  # the connection is gone or broken (a corrupt TLS record): handle() ends it
         except Exception:
             log.exception("internal error serving %s", self.peer)
-            self.send_error(InternalError("the server failed to handle this request"))
+            if self.conversation.state is State.IDLE:
+                # After the exchange ended (a get's last byte, a cancel): no request waits for
+                # an answer, and a frame now would be read as the answer to the next one.
+                self.conversation.close()
+            else:
+                self.send_error(InternalError("the server failed to handle this request"))
         return self.conversation.state is not State.CLOSED
 
     @property

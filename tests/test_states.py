@@ -3,10 +3,15 @@ driving it in lock-step, and what an illegal event raises on each side."""
 
 from __future__ import annotations
 
+import socket
+import threading
+from collections.abc import Iterator
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ftpclient import Client
 from ftpproto import (
     BadRequestError,
     ChecksumMismatchError,
@@ -17,6 +22,7 @@ from ftpproto import (
     State,
     StateError,
 )
+from ftpproto.io import FrameStream, PeerClosedError, RateLimiter
 from ftpproto.states import EXCHANGES, TABLE, answer_event, client_event
 
 pytestmark = pytest.mark.timeout(60)
@@ -91,11 +97,24 @@ def test_a_stray_ack_between_exchanges_is_refused_and_the_connection_stays():
     with pytest.raises(BadRequestError) as raised:
         server.receive(*client_event(server.state, {"op": "ack"}))
     assert not raised.value.closes and raised.value.message == "'ack' is only valid right after a get header"
-    assert server.state is State.IDLE
-    assert server.error_event(closes=False) is Event.ERROR  # the answer to it keeps the connection
+    assert server.state is State.ANSWERING  # answered like a request...
+    assert server.error_event(closes=False) is Event.ERROR  # ...by an error that keeps the connection
     server.send(Event.ERROR)
+    assert server.state is State.IDLE
     server.receive(Event.REQUEST, "stat")  # and the next request is served
     assert server.state is State.ANSWERING
+
+
+def test_between_exchanges_the_server_sends_no_answer_nobody_asked_for():
+    """After a get's last byte or a cancel, an error of the server's own is no answer to
+    anything: only a closing one (a time-out, a broken frame) may go, never one that stays."""
+    server = Conversation(Role.SERVER)
+    server.send(Event.HELLO)
+    server.receive(Event.REQUEST, "get")
+    server.send(Event.HEADER)
+    server.receive(Event.CANCEL)
+    assert server.state is State.IDLE
+    assert not server.allows(S, Event.ERROR) and server.error_event(closes=False) is Event.FATAL
 
 
 def test_a_request_where_ack_or_cancel_is_due_closes():
@@ -221,3 +240,94 @@ def test_any_sequence_of_events_keeps_both_sides_in_one_state(steps):
         sender.send(event, op)
         receiver.receive(event, op)
         assert client.state is server.state and client.op == server.op
+
+
+# -- both sides on real sockets ----------------------------------------------------------
+
+
+def test_a_server_failure_after_a_gets_last_byte_closes_without_a_frame(server, raw, monkeypatch):
+    """Nothing may come that the client would read as the answer to its next request."""
+    from ftpserver.handler import Session
+
+    real = Session.log_transfer
+
+    def fails_after_the_data(self, op, path, count, started, result, kept=None):
+        real(self, op, path, count, started, result, kept)
+        if op == "get":
+            raise RuntimeError("the log broke after the transfer")
+
+    monkeypatch.setattr(Session, "log_transfer", fails_after_the_data)
+    (server.root / "f.txt").write_bytes(b"x" * 120)
+    for reply in ("ack", "cancel"):
+        stream = raw()
+        header = stream.request("get", path="f.txt")
+        stream.send({"op": reply})
+        if reply == "ack":
+            data = bytearray()
+            stream.recv_data(header["size"], data.extend)
+            assert bytes(data) == b"x" * 120
+        stream.send({"op": "stat", "path": "f.txt"})
+        stream.sock.settimeout(5)
+        with pytest.raises(PeerClosedError):
+            stream.recv()  # no stray `internal`, no stat answer one behind: the end
+
+
+def test_a_client_interrupted_inside_a_put_closes_without_writing_into_the_data(server, tmp_path):
+    data = bytes(range(256)) * 4096  # 1 MiB
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    client = Client("127.0.0.1", server.port, timeout=10)
+
+    def interrupt(done: int, total: int) -> None:
+        if done > 0:
+            raise KeyboardInterrupt
+
+    client.pace = RateLimiter(4 * 1024 * 1024)  # small chunks, so the interrupt comes mid-file
+    with pytest.raises(KeyboardInterrupt):
+        client.put(source, "/big.bin", progress=interrupt)
+    client.close()  # no StateError, no quit frame inside the upload's bytes
+    assert client.closed and client.sock.fileno() == -1
+    with Client("127.0.0.1", server.port, timeout=10) as again:
+        transfer = again.put(source, "/big.bin")  # resumes from a partial that is a true prefix
+        assert 0 < transfer.size - transfer.sent < len(data) and again.stat("/big.bin").md5 == transfer.md5
+    assert (server.root / "big.bin").read_bytes() == data
+
+
+def test_a_malformed_listing_page_closes_the_client(scripted_listing):
+    client = scripted_listing
+    with pytest.raises(ProtocolMismatchError):
+        client.ls("/")
+    assert client.closed
+    client.close()  # nothing to say: no StateError
+
+
+@pytest.fixture
+def scripted_listing() -> Iterator[Client]:
+    """A server whose ls answers a first page with more to come and an unsafe name."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                stream = FrameStream(conn)
+                stream.set_timeout(10)
+                stream.send({"type": "hello", "proto": 1, "server": "liar/1", "auth": "optional"})
+                assert stream.recv()["op"] == "ls"
+                entry = {"name": "../x", "type": "file", "size": 1, "mtime": 0}
+                stream.send({"ok": True, "path": "/", "entries": [entry], "more": True})
+                with pytest.raises(PeerClosedError):
+                    stream.recv()  # the client hangs up: it reads no second page, sends no quit
+        except BaseException as exc:
+            failures.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    client = Client("127.0.0.1", listener.getsockname()[1], timeout=10)
+    yield client
+    client.close()
+    thread.join(10)
+    listener.close()
+    assert not thread.is_alive() and failures == []
