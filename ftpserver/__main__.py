@@ -1,7 +1,8 @@
-"""The `ftpserver` command: serve a config, or add a user to it.
+"""The `ftpserver` command: serve a config, manage its users and bans.
 
 ftpserver --config conf/server.yaml [--host H] [--port P]
-ftpserver adduser NAME --config conf/server.yaml [--password-stdin]
+ftpserver users list|add|del|passwd [NAME] --config conf/server.yaml
+ftpserver adduser NAME --config conf/server.yaml [--password-stdin]   (add, or update)
 ftpserver bans --config conf/server.yaml
 ftpserver unban ADDRESS --config conf/server.yaml
 """
@@ -13,6 +14,7 @@ import contextlib
 import ctypes
 import dataclasses
 import getpass
+import json
 import logging
 import os
 import resource
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftpserver",
         description="Serve files over the sockftp protocol.",
-        epilog="Run `ftpserver adduser --help` to add a user.",
+        epilog="Run `ftpserver users --help` to manage users.",
     )
     parser.add_argument("--config", metavar="FILE", help=config_help)
     parser.add_argument("--host", help="listen on this address instead of the config's")
@@ -57,17 +59,67 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    adduser = commands.add_parser(
-        "adduser",
-        help="add a user, or change a user's password",
-        description="Add a user to the config's users file, or change its password and settings.",
+
+    def user_command(
+        group: argparse._SubParsersAction, name: str, help: str, example: str
+    ) -> argparse.ArgumentParser:
+        sub = group.add_parser(
+            name,
+            help=help,
+            description=f"{help[0].upper()}{help[1:]}.",
+            epilog=f"example: {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
+        return sub
+
+    def settings(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("name", metavar="NAME")
+        sub.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        sub.add_argument("--home", help="home directory, relative to the storage root (default: NAME)")
+        sub.add_argument("--permissions", choices=PERMISSIONS, help="r or rw (default: rw)")
+        sub.add_argument("--quota", help="bytes the user may store, e.g. 10GB (default: no quota)")
+
+    users = commands.add_parser(
+        "users",
+        help="list, add, remove users, or change a password",
+        description="Manage the users file of the config. A running server takes changes on SIGHUP.",
     )
-    adduser.add_argument("name", metavar="NAME")
-    adduser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=config_help)
-    adduser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    adduser.add_argument("--home", help="home directory, relative to the storage root (default: NAME)")
-    adduser.add_argument("--permissions", choices=PERMISSIONS, help="r or rw (default: rw)")
-    adduser.add_argument("--quota", help="bytes the user may store, e.g. 10GB (default: no quota)")
+    actions = users.add_subparsers(dest="action", metavar="ACTION", required=True)
+    listing = user_command(
+        actions, "list", "list the users", "ftpserver users list --config conf/server.yaml"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per user")
+    settings(
+        user_command(
+            actions,
+            "add",
+            "add a user (refused if it exists)",
+            "ftpserver users add alice --quota 10GB --config conf/server.yaml",
+        )
+    )
+    user_command(
+        actions,
+        "del",
+        "remove a user (its files stay)",
+        "ftpserver users del alice --config conf/server.yaml",
+    ).add_argument("name", metavar="NAME")
+    passwd = user_command(
+        actions,
+        "passwd",
+        "change a user's password",
+        "echo 'new secret' | ftpserver users passwd alice --password-stdin --config conf/server.yaml",
+    )
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    settings(
+        user_command(
+            commands,
+            "adduser",
+            "add a user, or change a user's password and settings",
+            "ftpserver adduser alice --config conf/server.yaml",
+        )
+    )
     bans = commands.add_parser(
         "bans", help="list banned addresses", description="List the addresses the defender has banned."
     )
@@ -90,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "adduser":
             return add_user(args)
+        if args.command == "users":
+            return USER_ACTIONS[args.action](args)
         if args.command in ("bans", "unban"):
             return manage_bans(args)
         return serve(args)
@@ -189,8 +243,9 @@ def manage_bans(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_user(args: argparse.Namespace) -> int:
-    """Add or update a user: check everything, then ask for the password, then write."""
+def add_user(args: argparse.Namespace, new_only: bool = False) -> int:
+    """Add or update a user: check everything, then ask for the password, then write.
+    With `new_only` (`users add`), an existing user is refused."""
     config = load_config(args.config)
     try:
         quota = parse_size(args.quota) if args.quota is not None else None
@@ -198,6 +253,12 @@ def add_user(args: argparse.Namespace) -> int:
         print(f"ftpserver: --quota: {exc}", file=sys.stderr)
         return 2
     entries = read_user_entries(config.users_file)
+    if new_only and args.name in entries:
+        print(
+            f"ftpserver: user {args.name!r} exists already; `users passwd` changes its password",
+            file=sys.stderr,
+        )
+        return 1
     entry = {"home": args.name, "permissions": "rw", **entries.get(args.name, {}), "password": "unset"}
     for key, value in (("home", args.home), ("permissions", args.permissions), ("quota", quota)):
         if value is not None:
@@ -215,6 +276,68 @@ def add_user(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def list_users(args: argparse.Namespace) -> int:
+    """One line per user (never its password hash), or one JSON object with `--json`."""
+    config = load_config(args.config)
+    for name, account in sorted(config.users.items()):
+        home = (
+            str(account.home.relative_to(config.storage_root)) if account.home != config.storage_root else "/"
+        )
+        record = {
+            "name": name,
+            "permissions": account.permissions,
+            "home": home,
+            "quota": account.quota,
+            "max_sessions": account.max_sessions,
+        }
+        if args.json:
+            print(json.dumps(record, ensure_ascii=False))
+        else:
+            quota = "no quota" if account.quota is None else f"quota {account.quota} bytes"
+            print(f"{name}\t{account.permissions}\thome {home}\t{quota}")
+    return 0
+
+
+def delete_user(args: argparse.Namespace) -> int:
+    """Remove a user from the users file; its home and files stay where they are."""
+    config = load_config(args.config)
+    entries = read_user_entries(config.users_file)
+    if args.name not in entries:
+        print(f"ftpserver: no user {args.name!r} in {config.users_file}", file=sys.stderr)
+        return 1
+    home = config.users[args.name].home if args.name in config.users else None
+    del entries[args.name]
+    save_users(config.users_file, entries)
+    kept = f"; its files stay in {home}" if home is not None else ""
+    print(f"ftpserver: user {args.name!r} removed from {config.users_file}{kept}", file=sys.stderr)
+    return 0
+
+
+def change_password(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    entries = read_user_entries(config.users_file)
+    if args.name not in entries:
+        print(f"ftpserver: no user {args.name!r} in {config.users_file}", file=sys.stderr)
+        return 1
+    password = read_password(args.password_stdin)
+    if password is None:
+        return 1
+    entries[args.name]["password"] = hash_password(password)
+    save_users(config.users_file, entries)
+    print(
+        f"ftpserver: password of {args.name!r} changed; a running server takes it on SIGHUP", file=sys.stderr
+    )
+    return 0
+
+
+USER_ACTIONS = {
+    "list": list_users,
+    "add": lambda args: add_user(args, new_only=True),
+    "del": delete_user,
+    "passwd": change_password,
+}
 
 
 def read_password(from_stdin: bool) -> str | None:
