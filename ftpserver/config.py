@@ -424,7 +424,7 @@ def read_user_entries(path: Path) -> dict[str, dict]:
 def save_users(path: Path, entries: dict[str, dict]) -> None:
     """Write the users file atomically (temp file, fsync, rename)."""
     text = (
-        "# sockftp users; written by `ftpserver adduser`. Homes are relative to the storage root.\n"
+        "# sockftp users; written by `ftpserver users`. Homes are relative to the storage root.\n"
         + yaml.safe_dump({"users": entries}, sort_keys=True, allow_unicode=True)
     )
     tmp = path.with_name(f".{path.name}.tmp")
