@@ -3,7 +3,8 @@
     jobs, failed = plan_put(["photos"], "/backup", recursive=True, filters=Filters())
     batch = Batch(lambda: Client(host, port), workers=4, retries=3)
     summary = batch.run(jobs)
-    print(summary.line())
+    summary.failed += len(failed)  # the paths that could not even be planned
+    print(summary_line(summary, dry_run=False))  # from ftpclient.formatting
 
 Planning turns what the user named (paths, globs, trees, on either side) into
 `Job`s, and what cannot be planned (a missing file, a directory without -r)
@@ -11,12 +12,14 @@ into failed `Outcome`s. `Batch.run()` hands the jobs to worker threads, each
 with its own connection; a job whose connection drops is retried on a new one
 and resumes where it broke off (the server reports the offset for uploads,
 the partial file does it for downloads). One failed file does not stop the
-others unless `fail_fast` is set.
+others unless `fail_fast` is set. `Job`, `Outcome` and `Summary` live in
+`ftpclient.jobs` and are exported here too.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import glob
 import os
 import posixpath
@@ -31,69 +34,12 @@ from ftpproto import ExistsError, ProtocolError, ProtocolMismatchError
 from ftpproto.io.pacing import RateLimiter
 from ftpproto.paths import MAX_PATH_BYTES
 
-from .client import PARTIAL_PREFIX, Client, Transfer, md5_file
+from .client import PARTIAL_PREFIX, Client, md5_file
+from .connection import Connection, backoff, is_retryable
+from .errors import CLIENT_ERRORS
+from .jobs import DIRECTORY_OPS, Job, Outcome, Summary
 
 __all__ = ["Batch", "Filters", "Job", "Outcome", "Summary", "plan_get", "plan_put"]
-
-DIRECTORY_OPS = ("mkdir", "mkdir-local")
-
-
-@dataclass(frozen=True)
-class Job:
-    """One thing to do: `put` or `get` a file, or make an empty directory of a tree:
-    `mkdir` (remote, for an upload) or `mkdir-local` (for a download)."""
-
-    op: str
-    local: Path
-    remote: str
-    size: int | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    job: Job
-    result: str  # "ok", "skipped", "failed", or "planned" in a dry run
-    transfer: Transfer | None = None
-    error: BaseException | None = None
-    note: str = ""  # why it was skipped, or what a dry run would do
-    attempts: int = 1
-
-
-@dataclass
-class Summary:
-    sent: int = 0
-    skipped: int = 0
-    failed: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-
-    def add(self, outcome: Outcome) -> None:
-        """Count a file's outcome; directories count only when they fail."""
-        if outcome.result == "failed":
-            self.failed += 1
-        elif outcome.job.op in DIRECTORY_OPS:
-            pass
-        elif outcome.result == "skipped":
-            self.skipped += 1
-        elif outcome.result in ("ok", "planned"):
-            self.sent += 1
-        if outcome.transfer is not None:
-            self.bytes += outcome.transfer.sent
-
-    @property
-    def rate(self) -> float:
-        return self.bytes / self.seconds if self.seconds > 0 else 0.0
-
-    def record(self) -> dict:
-        return {
-            "op": "summary",
-            "sent": self.sent,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "bytes": self.bytes,
-            "seconds": round(self.seconds, 6),
-            "rate": round(self.rate),
-        }
 
 
 @dataclass(frozen=True)
@@ -228,7 +174,7 @@ def plan_get(
                     jobs += _plan_remote_tree(client, path, base / name, filters)
                 else:
                     raise IsADirectoryError(21, "is a directory (use -r)")
-        except (ProtocolError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             failed.append(_failed("get", base, remote, exc))
     return unique_destinations(jobs, failed), failed
 
@@ -270,13 +216,6 @@ def _plan_remote_tree(client: Client, remote_root: str, local_root: Path, filter
 # -- running -------------------------------------------------------------------
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """A dropped or refused connection, a time-out, or a server that said busy."""
-    if isinstance(exc, ProtocolError):
-        return exc.closes and exc.code in ("busy", "timeout")
-    return isinstance(exc, ConnectionError | TimeoutError)
-
-
 @dataclass
 class Batch:
     """Runs jobs over `workers` connections made by `connect()`.
@@ -310,7 +249,7 @@ class Batch:
             todo.put(job)
         count = max(1, min(self.workers, len(jobs)))
         connections = [
-            _Connection(self.connect, pace, first_client if i == 0 else None) for i in range(count)
+            Connection(self.connect, pace=pace, client=first_client if i == 0 else None) for i in range(count)
         ]
         threads = [
             threading.Thread(target=self._work, args=(todo, summary, connection), daemon=True)
@@ -330,7 +269,7 @@ class Batch:
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _work(self, todo: queue.SimpleQueue, summary: Summary, connection: _Connection) -> None:
+    def _work(self, todo: queue.SimpleQueue[Job], summary: Summary, connection: Connection) -> None:
         try:
             while not self._stop.is_set():
                 try:
@@ -347,18 +286,18 @@ class Batch:
         finally:
             connection.close()
 
-    def _attempts(self, job: Job, connection: _Connection) -> Outcome:
+    def _attempts(self, job: Job, connection: Connection) -> Outcome:
         attempt = 1
         while True:
             try:
-                return self._do(job, connection.get(), attempt)
+                return self._do(job, connection.client, attempt)
             except ExistsError:
                 return Outcome(job, "skipped", note="exists", attempts=attempt)
-            except (ProtocolError, OSError) as exc:
+            except CLIENT_ERRORS as exc:
                 if not is_retryable(exc) or attempt > self.retries or self._stop.is_set():
                     return Outcome(job, "failed", error=exc, attempts=attempt)
                 connection.drop()
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 10.0))
+                time.sleep(backoff(attempt - 1, self.backoff))
                 attempt += 1
 
     def _do(self, job: Job, client: Client, attempt: int) -> Outcome:
@@ -373,11 +312,7 @@ class Batch:
         if self.dry_run:
             note = self._preview(client, job)
             return Outcome(job, "skipped" if "skip" in note else "planned", note=note, attempts=attempt)
-        progress = None
-        if self.on_progress is not None:
-
-            def progress(done: int, total: int) -> None:
-                self.on_progress(job, done, total)
+        progress = None if self.on_progress is None else functools.partial(self.on_progress, job)
 
         if job.op == "put":
             transfer = client.put(
@@ -411,27 +346,3 @@ class Batch:
         if local_size == remote.size and md5_file(job.local) == remote.md5:
             return "would skip (identical)"
         return "would skip (exists)" if self.no_clobber else "would replace"
-
-
-class _Connection:
-    """A worker's connection: made on first use, remade after it broke."""
-
-    def __init__(
-        self, connect: Callable[[], Client], pace: RateLimiter | None, client: Client | None
-    ) -> None:
-        self._connect, self._pace, self._client = connect, pace, client
-
-    def get(self) -> Client:
-        if self._client is None or self._client.closed:
-            self._client = self._connect()
-        self._client.pace = self._pace
-        return self._client
-
-    def drop(self) -> None:
-        if self._client is not None:
-            self._client.sock.close()
-            self._client = None
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()

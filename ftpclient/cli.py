@@ -3,7 +3,9 @@
 Results go to stdout (one line each, or one JSON object per line with
 `--json`); progress bars and errors go to stderr, errors as one line without
 a traceback (`--debug` shows it). Exit status: 0 all went well, 1 something
-failed, 2 the command line was wrong.
+failed, 2 the command line was wrong. `main(argv, env)` reads and writes
+nothing but `env` (an `Environment`: streams, terminals, variables), argparse's
+help and usage errors included, so tests run the whole command in-process.
 """
 
 from __future__ import annotations
@@ -12,19 +14,35 @@ import argparse
 import enum
 import glob
 import json
-import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import IO, Any
 
-from ftpproto import ProtocolError
 from ftpproto.units import parse_size
 
-from .batch import Batch, Filters, Job, Outcome, Summary, is_retryable, plan_get, plan_put
-from .client import Client, Entry, HandshakeError
+from .batch import Batch, Filters, plan_get, plan_put
+from .client import Client
+from .connection import Connection
+from .environment import Environment
+from .errors import CLIENT_ERRORS, ConnectFailedError, UsageError
+from .formatting import (
+    Record,
+    entry_record,
+    error_record,
+    long_line,
+    outcome_line,
+    outcome_record,
+    reason,
+    short_line,
+    stat_line,
+    summary_line,
+    summary_record,
+)
+from .jobs import Job, Outcome
 from .progress import batch_bar, progress_bar, write_line
 from .settings import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError, resolve_settings
+from .shell import Shell
 
 __all__ = ["ExitStatus", "main"]
 
@@ -36,15 +54,22 @@ class ExitStatus(enum.IntEnum):
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
-class UsageError(Exception):
-    """A problem with what the user typed: exit status 2."""
-
-
-class ConnectFailedError(Exception):
-    """No connection could be made: nothing more can succeed in this run."""
-
-
 # -- command line ----------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse writing its help and usage errors to `env`'s streams, not `sys`'s.
+
+    It still ends with `SystemExit` (0 after --help, 2 after a usage error),
+    which `main()` turns into its return value."""
+
+    def __init__(self, *args: Any, env: Environment, **kwargs: Any) -> None:
+        self.env = env
+        super().__init__(*args, **kwargs)
+
+    def _print_message(self, message: str, file: object = None) -> None:
+        if message:
+            (self.env.stdout if file is sys.stdout else self.env.stderr).write(message)
 
 
 def _add_common(parser: argparse.ArgumentParser, top: bool) -> None:
@@ -131,8 +156,9 @@ def _rate(text: str) -> int:
     return rate
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser(env: Environment) -> Parser:
+    parser = Parser(
+        env=env,
         prog="ftpclient",
         allow_abbrev=False,  # else `--password x` would quietly mean `--password-file x`
         description="Move files to and from a sockftp server, verified by MD5.",
@@ -143,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help, allow_abbrev=False)
+        sub = commands.add_parser(name, env=env, help=help, description=help, allow_abbrev=False)
         _add_common(sub, top=False)
         return sub
 
@@ -173,10 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 # -- connection ------------------------------------------------------------------
 
 
-def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+def settings_from(args: argparse.Namespace, env: Environment) -> Settings:
     try:
         return resolve_settings(
-            env,
+            env.environ,
             host=args.host,
             port=args.port,
             user=args.user,
@@ -186,6 +212,9 @@ def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             password_file=args.password_file,
             profile=args.profile,
             config=args.config,
+            config_dir=env.config_dir,
+            interactive=env.stdin_isatty,
+            ask_password=env.ask_password,
         )
     except SettingsError as exc:
         raise UsageError(str(exc)) from None
@@ -200,127 +229,35 @@ def connector(settings: Settings) -> Callable[[], Client]:
     return connect
 
 
-class Connection:
-    """Opens the client on first use, and again after the link broke; with
-    `retries`, a refused or dropped first connection is tried again too."""
-
-    def __init__(self, settings: Settings, retries: int = 0) -> None:
-        self.settings = settings
-        self.retries = retries
-        self.connect = connector(settings)
-        self._client: Client | None = None
-
-    @property
-    def client(self) -> Client:
-        if self._client is None or self._client.closed:
-            self._client = self._first_connection()
-        return self._client
-
-    def _first_connection(self) -> Client:
-        s = self.settings
-        for attempt in range(self.retries + 1):
-            try:
-                return self.connect()
-            except HandshakeError as exc:
-                raise ConnectFailedError(str(exc)) from exc
-            except (ProtocolError, OSError) as exc:
-                if attempt == self.retries or not is_retryable(exc):
-                    if isinstance(exc, ProtocolError):
-                        raise
-                    reason = exc.strerror or str(exc) or exc.__class__.__name__
-                    raise ConnectFailedError(f"cannot connect to {s.host}:{s.port}: {reason}") from exc
-                time.sleep(min(0.5 * 2**attempt, 10.0))
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-
-
 # -- output ----------------------------------------------------------------------
 
 
 class Output:
-    def __init__(self, args: argparse.Namespace) -> None:
+    """Where a run's results and errors go: lines or JSON on env's stdout, errors
+    on its stderr, progress bars there too when it is a terminal."""
+
+    def __init__(self, args: argparse.Namespace, env: Environment) -> None:
         self.json, self.quiet, self.debug = args.json, args.quiet, args.debug
+        self.stdout, self.stderr = env.stdout, env.stderr
+        self.bars = not self.quiet and not self.json and env.stderr_isatty
 
-    def result(self, text: str, record: dict) -> None:
+    def result(self, text: str, record: Record) -> None:
         if self.json:
-            print(json.dumps(record, ensure_ascii=False), flush=True)
+            print(json.dumps(record, ensure_ascii=False), file=self.stdout, flush=True)
         elif not self.quiet and text:
-            write_line(text)  # clears any progress bar first, so the two do not mix
+            write_line(text, self.stdout)  # clears any progress bar first, so the two do not mix
 
-    def listing(self, text: str, record: dict) -> None:
+    def listing(self, text: str, record: Record) -> None:
         """A line that is the answer itself (ls, stat): printed even with -q."""
-        print(json.dumps(record, ensure_ascii=False) if self.json else text, flush=True)
+        print(json.dumps(record, ensure_ascii=False) if self.json else text, file=self.stdout, flush=True)
 
-    def error(self, what: str, exc: BaseException, record: dict | None = None) -> None:
-        print(f"ftpclient: {what}: {reason(exc)}", file=sys.stderr, flush=True)
+    def error(self, what: str, exc: BaseException, record: Record | None = None) -> None:
+        print(f"ftpclient: {what}: {reason(exc)}", file=self.stderr, flush=True)
         if self.json and record is not None:
-            code = exc.code if isinstance(exc, ProtocolError) else None
-            print(
-                json.dumps({**record, "result": "failed", "error": code, "message": reason(exc)}), flush=True
-            )
+            print(json.dumps(error_record(record, exc)), file=self.stdout, flush=True)
 
-
-def reason(exc: BaseException) -> str:
-    if isinstance(exc, ProtocolError):
-        return f"{exc.code}: {exc.message}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or exc.__class__.__name__
-
-
-def human_size(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
-def outcome_record(outcome: Outcome) -> dict:
-    job, transfer = outcome.job, outcome.transfer
-    record = {"op": job.op, "remote": job.remote, "local": str(job.local), "result": outcome.result}
-    if transfer is not None:
-        record.update(
-            size=transfer.size, md5=transfer.md5, sent=transfer.sent, seconds=round(transfer.seconds, 6)
-        )
-    elif job.size is not None:
-        record["size"] = job.size
-    if outcome.note:
-        record["note"] = outcome.note
-    if outcome.attempts > 1:
-        record["attempts"] = outcome.attempts
-    return record
-
-
-def outcome_line(outcome: Outcome) -> str:
-    job, transfer = outcome.job, outcome.transfer
-    if job.op.startswith("mkdir"):
-        return f"{job.op}: {job.remote if job.op == 'mkdir' else job.local}: {outcome.note}"
-    arrow = f"{job.remote} -> {job.local}" if job.op == "get" else f"{job.local} -> {job.remote}"
-    if outcome.result == "planned" or transfer is None:
-        return f"{job.op}: {arrow}: {outcome.note or outcome.result}"
-    if outcome.result == "skipped":
-        return f"{job.op}: {arrow}: identical file already there, nothing sent"
-    resumed = (
-        f", resumed after {human_size(transfer.size - transfer.sent)}"
-        if transfer.sent < transfer.size
-        else ""
-    )
-    return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}{resumed}"
-
-
-def summary_line(summary: Summary, dry_run: bool) -> str:
-    if dry_run:
-        return f"dry run: would transfer {summary.sent} files, skip {summary.skipped}, {summary.failed} failed; nothing moved"
-    rate = f"{human_size(int(summary.rate))}/s"
-    return (
-        f"sent {summary.sent} files, skipped {summary.skipped}, failed {summary.failed}: "
-        f"{human_size(summary.bytes)} in {summary.seconds:.1f}s ({rate})"
-    )
+    def usage(self, exc: UsageError) -> None:
+        print(f"ftpclient: {exc}", file=self.stderr, flush=True)
 
 
 # -- commands --------------------------------------------------------------------
@@ -334,7 +271,7 @@ def each(items: list[str], out: Output, op: str, run: Callable[[str], None]) -> 
             run(item)
         except ConnectFailedError:
             raise
-        except (ProtocolError, OSError) as exc:
+        except CLIENT_ERRORS as exc:
             ok = False
             if out.debug:
                 raise
@@ -342,12 +279,12 @@ def each(items: list[str], out: Output, op: str, run: Callable[[str], None]) -> 
     return ok
 
 
-def read_list(name: str | None) -> list[str]:
+def read_list(name: str | None, stdin: IO[str]) -> list[str]:
     """The paths in a --from-file list: one a line, blank lines skipped; `-` is stdin."""
     if name is None:
         return []
     try:
-        text = sys.stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
+        text = stdin.read() if name == "-" else Path(name).read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"--from-file {name}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -367,6 +304,7 @@ def run_batch(
 
     def report_failure(outcome: Outcome) -> None:
         job = outcome.job
+        assert outcome.error is not None, "a failed outcome carries its error"
         out.error(
             f"{job.op} {job.remote if job.op == 'get' else job.local}", outcome.error, outcome_record(outcome)
         )
@@ -375,9 +313,9 @@ def run_batch(
         report_failure(outcome)
     single = len(jobs) == 1 and not failed and jobs[0].op in ("get", "put")
     files = [job for job in jobs if job.op in ("get", "put")]
-    bars = not out.quiet and not out.json
-    overall = batch_bar(len(files), sum(job.size or 0 for job in files), bars and not single)
-    file_bar = progress_bar(PurePosixPath(jobs[0].remote).name, bars) if single else None
+    total = sum(job.size or 0 for job in files)
+    overall = batch_bar(len(files), total, out.stderr, out.bars and not single)
+    file_bar = progress_bar(PurePosixPath(jobs[0].remote).name, out.stderr, out.bars) if single else None
 
     def progress(job: Job, done: int, total: int) -> None:
         overall.progress(job, done, total)
@@ -413,8 +351,7 @@ def run_batch(
             file_bar.close()
     summary.failed += len(failed)
     if batch_call:
-        record = summary.record() | ({"dry_run": True} if args.dry_run else {})
-        out.result(summary_line(summary, args.dry_run), record)
+        out.result(summary_line(summary, args.dry_run), summary_record(summary, args.dry_run))
     return summary.failed == 0
 
 
@@ -430,8 +367,8 @@ def is_batch(args: argparse.Namespace, paths: list[str]) -> bool:
     )
 
 
-def cmd_get(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
-    remotes = args.remote + read_list(args.from_file)
+def cmd_get(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
+    remotes = args.remote + read_list(args.from_file, env.stdin)
     if not remotes:
         raise UsageError("get: name at least one REMOTE path (or --from-file)")
     target = Path(args.output) if args.output else None
@@ -445,8 +382,8 @@ def cmd_get(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     return run_batch(args, conn, out, jobs, failed, is_batch(args, remotes))
 
 
-def cmd_put(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
-    sources = args.local + read_list(args.from_file)
+def cmd_put(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
+    sources = args.local + read_list(args.from_file, env.stdin)
     if not sources:
         raise UsageError("put: name at least one LOCAL path (or --from-file)")
     filters = Filters(tuple(args.include), tuple(args.exclude))
@@ -454,48 +391,24 @@ def cmd_put(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     return run_batch(args, conn, out, jobs, failed, is_batch(args, sources))
 
 
-def _entry_record(path: str, entry: Entry) -> dict:
-    record = {"path": path, "name": entry.name, "type": entry.type, "size": entry.size, "mtime": entry.mtime}
-    if entry.md5 is not None:
-        record["md5"] = entry.md5
-    return record
-
-
-def long_line(entry: Entry) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
-    size = "-" if entry.type == "dir" else str(entry.size)
-    name = entry.name + ("/" if entry.type == "dir" else "")
-    return f"{entry.type[0]} {size:>12}  {when}  {name}"
-
-
-def short_line(entry: Entry) -> str:
-    return entry.name + ("/" if entry.type == "dir" else "")
-
-
-def cmd_ls(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+def cmd_ls(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
     def ls(path: str) -> None:
         for entry in conn.client.ls(path):
             line = long_line(entry) if args.long else short_line(entry)
-            out.listing(line, _entry_record(str(PurePosixPath("/", path.lstrip("/"), entry.name)), entry))
+            out.listing(line, entry_record(str(PurePosixPath("/", path.lstrip("/"), entry.name)), entry))
 
     return each([args.path], out, "ls", ls)
 
 
-def stat_line(path: str, entry: Entry) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(entry.mtime))
-    line = f"{path}: {entry.type}, {entry.size} bytes, modified {when}"
-    return line + (f", md5 {entry.md5}" if entry.md5 else "")
-
-
-def cmd_stat(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+def cmd_stat(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
     def stat(path: str) -> None:
         entry = conn.client.stat(path)
-        out.listing(stat_line(path, entry), _entry_record(path, entry))
+        out.listing(stat_line(path, entry), entry_record(path, entry))
 
     return each(args.path, out, "stat", stat)
 
 
-def cmd_mkdir(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+def cmd_mkdir(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
     def mkdir(path: str) -> None:
         conn.client.mkdir(path, parents=args.parents)
         if out.json:
@@ -504,7 +417,7 @@ def cmd_mkdir(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     return each(args.path, out, "mkdir", mkdir)
 
 
-def cmd_rm(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
+def cmd_rm(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
     def rm(path: str) -> None:
         conn.client.rm(path)
         if out.json:
@@ -513,13 +426,13 @@ def cmd_rm(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
     return each(args.path, out, "rm", rm)
 
 
-def cmd_shell(args: argparse.Namespace, conn: Connection, out: Output) -> bool:
-    from .shell import Shell
-
-    return Shell(conn.client).run()
+def cmd_shell(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
+    return Shell(conn.client, env).run()
 
 
-COMMANDS = {
+Command = Callable[[argparse.Namespace, Connection, Output, Environment], bool]
+
+COMMANDS: dict[str, Command] = {
     "get": cmd_get,
     "put": cmd_put,
     "ls": cmd_ls,
@@ -530,25 +443,35 @@ COMMANDS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    out = Output(args)
+def main(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run the command line on `argv` (default `sys.argv[1:]`) in `env` (default
+    this process); returns the exit status."""
+    env = Environment() if env is None else env
     try:
-        conn = Connection(settings_from(args, dict(os.environ)), getattr(args, "retries", 0))
+        args = build_parser(env).parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2), already written to env
+        return exc.code if isinstance(exc.code, int) else ExitStatus.USAGE
+    out = Output(args, env)
+    try:
+        settings = settings_from(args, env)
+        conn = Connection(
+            connector(settings),
+            retries=getattr(args, "retries", 0),
+            address=f"{settings.host}:{settings.port}",
+        )
         try:
-            ok = COMMANDS[args.command](args, conn, out)
+            ok = COMMANDS[args.command](args, conn, out, env)
         finally:
             conn.close()
     except UsageError as exc:
-        print(f"ftpclient: {exc}", file=sys.stderr)
+        out.usage(exc)
         return ExitStatus.USAGE
-    except (ConnectFailedError, ProtocolError, OSError) as exc:
+    except CLIENT_ERRORS as exc:
         if out.debug:
             raise
         out.error(args.command, exc, {"op": args.command})
         return ExitStatus.FAILURE
     except KeyboardInterrupt:
-        print("ftpclient: interrupted", file=sys.stderr)
+        print("ftpclient: interrupted", file=env.stderr, flush=True)
         return ExitStatus.INTERRUPTED
     return ExitStatus.OK if ok else ExitStatus.FAILURE

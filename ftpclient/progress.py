@@ -1,29 +1,31 @@
 """Progress display: the only module that imports tqdm.
 
-`progress_bar(label, enabled)` returns a `progress(done, total)` callable for
-`Client.get()`/`put()`: a tqdm bar on stderr, or its do-nothing twin when
-stderr is not a terminal or the user asked for quiet.
+`progress_bar(label, stream, enabled)` returns a `progress(done, total)`
+callable for `Client.get()`/`put()`: a tqdm bar on `stream` (the run's
+stderr), or its do-nothing twin when not `enabled`; the caller decides that
+(a terminal, and the user did not ask for quiet). Nothing here reads `sys`:
+the streams come from the caller's `Environment`.
 """
 
 from __future__ import annotations
 
 import posixpath
-import sys
 import threading
+from typing import TextIO
 
 from tqdm import tqdm
 
 __all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar", "write_line"]
 
 
-def write_line(text: str) -> None:
-    """Print a result line on stdout, clearing and redrawing any bar around it."""
-    tqdm.write(text, file=sys.stdout)
-    sys.stdout.flush()
+def write_line(text: str, stream: TextIO) -> None:
+    """Print a result line on `stream`, clearing and redrawing any bar around it."""
+    tqdm.write(text, file=stream)
+    stream.flush()
 
 
-def _bytes_bar(total: int, label: str, initial: int = 0) -> tqdm:
-    """A bar counting bytes (size, rate, ETA) on stderr, cleared when closed."""
+def _bytes_bar(total: int, label: str, stream: TextIO, initial: int = 0) -> tqdm:
+    """A bar counting bytes (size, rate, ETA) on `stream`, cleared when closed."""
     return tqdm(
         total=total,
         initial=initial,
@@ -31,7 +33,7 @@ def _bytes_bar(total: int, label: str, initial: int = 0) -> tqdm:
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        file=sys.stderr,
+        file=stream,
         leave=False,
         dynamic_ncols=True,
     )
@@ -40,13 +42,13 @@ def _bytes_bar(total: int, label: str, initial: int = 0) -> tqdm:
 class TransferBar:
     """A bytes bar (size, rate, ETA) drawn once the transfer knows its total."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self, label: str, stream: TextIO) -> None:
+        self.label, self.stream = label, stream
         self._bar: tqdm | None = None
 
     def __call__(self, done: int, total: int) -> None:
         if self._bar is None:
-            self._bar = _bytes_bar(total, self.label, initial=done)
+            self._bar = _bytes_bar(total, self.label, self.stream, initial=done)
         else:
             self._bar.update(done - self._bar.n)
 
@@ -65,18 +67,18 @@ class NullBar:
         pass
 
 
-def progress_bar(label: str, enabled: bool) -> TransferBar | NullBar:
-    return TransferBar(label) if enabled and sys.stderr.isatty() else NullBar()
+def progress_bar(label: str, stream: TextIO, enabled: bool) -> TransferBar | NullBar:
+    return TransferBar(label, stream) if enabled else NullBar()
 
 
 class BatchBar:
     """One bar for a whole batch: bytes moved of all files, files done, the current file."""
 
-    def __init__(self, files: int, total_bytes: int) -> None:
+    def __init__(self, files: int, total_bytes: int, stream: TextIO) -> None:
         self.files, self.done_files = files, 0
         self._lock = threading.Lock()
         self._seen: dict[object, int] = {}
-        self._bar = _bytes_bar(total_bytes, self._description())
+        self._bar = _bytes_bar(total_bytes, self._description(), stream)
 
     def _description(self) -> str:
         return f"{self.done_files}/{self.files} files"
@@ -111,5 +113,5 @@ class NullBatchBar:
         pass
 
 
-def batch_bar(files: int, total_bytes: int, enabled: bool) -> BatchBar | NullBatchBar:
-    return BatchBar(files, total_bytes) if enabled and sys.stderr.isatty() else NullBatchBar()
+def batch_bar(files: int, total_bytes: int, stream: TextIO, enabled: bool) -> BatchBar | NullBatchBar:
+    return BatchBar(files, total_bytes, stream) if enabled else NullBatchBar()

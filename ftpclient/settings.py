@@ -18,6 +18,8 @@ For each setting the first of these that is given wins: a command-line flag,
 a `SOCKFTP_*` environment variable, the profile, the built-in default. A
 password comes from `SOCKFTP_PASSWORD`, `--password-file`, the profile's
 `password_file` or a terminal prompt, in that order; never from a flag.
+The variables (`HOME` for `~` too) are read from the mapping handed in, never
+from `os.environ` itself: the command line passes its `Environment`'s.
 """
 
 from __future__ import annotations
@@ -25,16 +27,19 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .environment import config_dir_of, expand_home
+
 __all__ = ["Settings", "SettingsError", "config_path", "resolve_settings"]
 
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_TIMEOUT = "127.0.0.1", 9999, 30.0
-PROFILE_KEYS = {
+PROFILE_KEYS: dict[str, type | tuple[type, ...]] = {
     "host": str,
     "port": int,
     "user": str,
@@ -60,9 +65,8 @@ class Settings:
     cafile: str | None = None
 
 
-def config_path(env: dict[str, str]) -> Path:
-    base = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "sockftp" / "client.yaml"
+def config_path(env: Mapping[str, str]) -> Path:
+    return config_dir_of(env) / "client.yaml"
 
 
 def load_profile(path: Path, name: str | None, explicit: bool) -> dict[str, Any]:
@@ -102,7 +106,7 @@ def _env_flag(value: str | None) -> bool | None:
     return value.lower() in ("1", "true", "yes", "on")
 
 
-def _env_port(env: dict[str, str]) -> int | None:
+def _env_port(env: Mapping[str, str]) -> int | None:
     raw = env.get("SOCKFTP_PORT")
     if not raw:
         return None
@@ -122,7 +126,7 @@ def first(*values: Any) -> Any:
 
 
 def resolve_settings(
-    env: dict[str, str],
+    env: Mapping[str, str],
     *,
     host: str | None = None,
     port: int | None = None,
@@ -133,10 +137,20 @@ def resolve_settings(
     password_file: str | None = None,
     profile: str | None = None,
     config: str | None = None,
+    config_dir: Path | None = None,
     interactive: bool | None = None,
+    ask_password: Callable[[str], str] = getpass.getpass,
 ) -> Settings:
-    """Combine flags (the keyword arguments), environment and profile into `Settings`."""
-    path = Path(config).expanduser() if config else config_path(env)
+    """Combine flags (the keyword arguments), environment and profile into `Settings`.
+
+    The profile is read from `config`, else `config_dir`/client.yaml, else the
+    file the XDG variables in `env` name. A password the settings do not give
+    is asked with `ask_password(prompt)` when `interactive` (default: stdin is a
+    terminal)."""
+    if config:
+        path = Path(expand_home(config, env))
+    else:
+        path = (config_dir / "client.yaml") if config_dir is not None else config_path(env)
     prof = load_profile(path, profile or env.get("SOCKFTP_PROFILE") or None, explicit=config is not None)
     port = first(port, _env_port(env), prof.get("port"), DEFAULT_PORT)
     if not 0 < port < 65536:
@@ -147,13 +161,13 @@ def resolve_settings(
         bool(first(tls or None, _env_flag(env.get("SOCKFTP_TLS")), prof.get("tls"), False))
         or cafile is not None
     )
-    if cafile is not None and not os.path.isfile(os.path.expanduser(cafile)):
+    if cafile is not None and not os.path.isfile(expand_home(cafile, env)):
         raise SettingsError(f"CA file {cafile}: no such file")
     if password_file and not user:
         raise SettingsError("--password-file needs a user (--user, SOCKFTP_USER or the profile)")
     password = None
     if user:
-        password = _password(env, password_file or prof.get("password_file"), user, interactive)
+        password = _password(env, password_file or prof.get("password_file"), user, interactive, ask_password)
     return Settings(
         host=first(host, env.get("SOCKFTP_HOST") or None, prof.get("host"), DEFAULT_HOST),
         port=port,
@@ -161,15 +175,21 @@ def resolve_settings(
         password=password,
         timeout=float(first(timeout, prof.get("timeout"), DEFAULT_TIMEOUT)),
         tls=tls,
-        cafile=os.path.expanduser(cafile) if cafile else None,
+        cafile=expand_home(cafile, env) if cafile else None,
     )
 
 
-def _password(env: dict[str, str], password_file: str | None, user: str, interactive: bool | None) -> str:
+def _password(
+    env: Mapping[str, str],
+    password_file: str | None,
+    user: str,
+    interactive: bool | None,
+    ask_password: Callable[[str], str],
+) -> str:
     if env.get("SOCKFTP_PASSWORD") is not None:
         return env["SOCKFTP_PASSWORD"]
     if password_file:
-        path = Path(password_file).expanduser()
+        path = Path(expand_home(password_file, env))
         try:
             return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
         except OSError as exc:
@@ -182,4 +202,4 @@ def _password(env: dict[str, str], password_file: str | None, user: str, interac
         raise SettingsError(
             f"no password for {user!r}: set SOCKFTP_PASSWORD, use --password-file, or run on a terminal"
         )
-    return getpass.getpass(f"Password for {user}: ")
+    return ask_password(f"Password for {user}: ")

@@ -7,7 +7,8 @@
 Commands: cd, pwd, ls, get, put, mkdir, rm, help, exit. Remote names
 complete with Tab; history is kept in `$XDG_STATE_HOME/sockftp/history`
 (`~/.local/state/...`). Errors are printed as one line and the session goes
-on; `exit` (or end of input) ends it.
+on; `exit` (or end of input) ends it. The shell reads and writes only the
+streams of the `Environment` it is given.
 """
 
 from __future__ import annotations
@@ -17,32 +18,34 @@ import os
 import posixpath
 import shlex
 import sys
-from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
-from ftpproto import ProtocolError, join_path, split_path
+from ftpproto import join_path, split_path
 
-from .cli import long_line, short_line
 from .client import Client
+from .environment import Environment
+from .errors import CLIENT_ERRORS, UsageError
+from .formatting import long_line, reason, short_line, transfer_line
 from .progress import progress_bar
 
 __all__ = ["Shell"]
 
 
-def history_path(env: dict[str, str]) -> Path:
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "sockftp" / "history"
-
-
 class Shell(cmd.Cmd):
-    intro = "sockftp shell: type help for commands, exit to leave."
+    """The session over `client`; with no `env`, on this process's terminal."""
 
-    def __init__(self, client: Client, stdin=None, stdout=None) -> None:
-        super().__init__(stdin=stdin, stdout=stdout)
+    intro: str | None = "sockftp shell: type help for commands, exit to leave."
+
+    def __init__(self, client: Client, env: Environment | None = None) -> None:
+        self.env = Environment() if env is None else env
+        super().__init__(stdin=self.env.stdin, stdout=self.env.stdout)
         self.client = client
         self.cwd = "/"
         self.failed = False
-        self.interactive = (stdin or sys.stdin).isatty()
-        self.use_rawinput = self.interactive
+        self.interactive = self.env.stdin_isatty
+        self.use_rawinput = self.interactive and self.env.stdin is sys.stdin  # input() reads sys.stdin
+        self.bars = self.interactive and self.env.stderr_isatty
         if not self.interactive:
             self.intro = None
 
@@ -52,8 +55,8 @@ class Shell(cmd.Cmd):
 
     def run(self) -> bool:
         """Run until exit; True if no command failed."""
-        readline = _readline() if self.interactive else None
-        history = history_path(dict(os.environ))
+        readline = _readline() if self.use_rawinput else None
+        history = self.env.state_dir / "history"
         if readline is not None:
             readline.set_completer_delims(" \t\n")
             if history.exists():
@@ -79,22 +82,26 @@ class Shell(cmd.Cmd):
     def say(self, text: str) -> None:
         self.stdout.write(text + "\n")
 
+    def error(self, text: str) -> None:
+        print(f"error: {text}", file=self.env.stderr, flush=True)
+
     def onecmd(self, line: str) -> bool:
+        """Run one command; a failure is one error line, and the session goes on
+        unless it closed the connection."""
         try:
             return super().onecmd(line)
-        except (ProtocolError, OSError, ValueError) as exc:
-            self.failed = True
-            if isinstance(exc, ProtocolError):
-                detail = f"{exc.code}: {exc.message}"
-            elif isinstance(exc, OSError) and exc.strerror:
-                detail = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
-            else:
-                detail = str(exc)
-            print(f"error: {detail}", file=sys.stderr, flush=True)
-            if self.client.closed:
-                print("error: the connection is closed; exit and start again", file=sys.stderr, flush=True)
-                return True
-            return False
+        except UsageError as exc:
+            return self.failure(exc)
+        except CLIENT_ERRORS as exc:
+            return self.failure(exc)
+
+    def failure(self, exc: Exception) -> bool:
+        self.failed = True
+        self.error(reason(exc, with_filename=True))
+        if self.client.closed:
+            self.error("the connection is closed; exit and start again")
+            return True
+        return False
 
     def emptyline(self) -> bool:
         return False
@@ -103,8 +110,8 @@ class Shell(cmd.Cmd):
         """The commands `help` lists: not EOF, nor quit (exit's twin)."""
         return [name for name in super().get_names() if name not in ("do_EOF", "do_quit")]
 
-    def default(self, line: str) -> bool:
-        raise ValueError(f"unknown command {line.split()[0]!r}; type help")
+    def default(self, line: str) -> NoReturn:
+        raise UsageError(f"unknown command {line.split()[0]!r}; type help")
 
     # -- commands --------------------------------------------------------------
 
@@ -114,58 +121,53 @@ class Shell(cmd.Cmd):
 
     def do_cd(self, arg: str) -> None:
         """cd [DIR]: change the remote working directory (no DIR: the home)"""
-        target = self.path(_one(arg, default="/"))
+        target = self.path(_one(_words(arg), default="/"))
         if self.client.stat(target).type != "dir":
-            raise ValueError(f"{target} is not a directory")
+            raise UsageError(f"{target} is not a directory")
         self.cwd = target
 
     def do_ls(self, arg: str) -> None:
         """ls [-l] [PATH]: list a remote directory (-l: type, size and time)"""
-        names = shlex.split(arg)
+        names = _words(arg)
         long = "-l" in names
-        names = [n for n in names if n != "-l"]
-        for entry in self.client.ls(self.path(_one(" ".join(map(shlex.quote, names)), default=""))):
+        for entry in self.client.ls(self.path(_one([n for n in names if n != "-l"], default=""))):
             self.say(long_line(entry) if long else short_line(entry))
 
     def do_get(self, arg: str) -> None:
         """get REMOTE [LOCAL]: download a file"""
-        names = shlex.split(arg)
+        names = _words(arg)
         if not 1 <= len(names) <= 2:
-            raise ValueError("usage: get REMOTE [LOCAL]")
+            raise UsageError("usage: get REMOTE [LOCAL]")
         remote = self.path(names[0])
         local = names[1] if len(names) == 2 else posixpath.basename(remote)
-        bar = progress_bar(posixpath.basename(remote), self.interactive)
+        bar = progress_bar(posixpath.basename(remote), self.env.stderr, self.bars)
         try:
             transfer = self.client.get(remote, local, progress=bar)
         finally:
             bar.close()
-        self.say(
-            f"{remote} -> {local}: {transfer.size} bytes"
-            + (" (identical, skipped)" if transfer.skipped else "")
-        )
+        self.say(transfer_line("get", remote, local, transfer))
 
     def do_put(self, arg: str) -> None:
         """put LOCAL [REMOTE]: upload a file"""
-        names = shlex.split(arg)
+        names = _words(arg)
         if not 1 <= len(names) <= 2:
-            raise ValueError("usage: put LOCAL [REMOTE]")
+            raise UsageError("usage: put LOCAL [REMOTE]")
         local = names[0]
         remote = self.path(names[1] if len(names) == 2 else os.path.basename(local))
-        bar = progress_bar(os.path.basename(local), self.interactive)
+        bar = progress_bar(os.path.basename(local), self.env.stderr, self.bars)
         try:
             transfer = self.client.put(local, remote, progress=bar)
         finally:
             bar.close()
-        note = " (already on the server, nothing sent)" if transfer.skipped else ""
-        self.say(f"{local} -> {remote}: {transfer.size} bytes{note}")
+        self.say(transfer_line("put", local, remote, transfer))
 
     def do_mkdir(self, arg: str) -> None:
         """mkdir DIR: create a remote directory (and its parents)"""
-        self.client.mkdir(self.path(_one(arg)), parents=True)
+        self.client.mkdir(self.path(_one(_words(arg))), parents=True)
 
     def do_rm(self, arg: str) -> None:
         """rm PATH: remove a remote file or empty directory"""
-        self.client.rm(self.path(_one(arg)))
+        self.client.rm(self.path(_one(_words(arg))))
 
     def do_exit(self, arg: str) -> bool:
         """exit: end the session"""
@@ -184,7 +186,7 @@ class Shell(cmd.Cmd):
         directory, _, partial = text.rpartition("/")
         try:
             entries = self.client.ls(self.path(directory) if directory else self.cwd)
-        except (ProtocolError, OSError):
+        except CLIENT_ERRORS:
             return []
         prefix = directory + "/" if directory else ""
         return [
@@ -199,16 +201,25 @@ class Shell(cmd.Cmd):
     complete_cd = complete_ls = complete_get = complete_rm = complete_mkdir = completedefault
 
 
-def _one(arg: str, default: str | None = None) -> str:
-    names = shlex.split(arg)
+def _words(arg: str) -> list[str]:
+    """The words of a command's arguments, split and unquoted as a POSIX shell does."""
+    if "\0" in arg:
+        raise UsageError("a name cannot hold a NUL character")
+    try:
+        return shlex.split(arg)
+    except ValueError as exc:  # No closing quotation, No escaped character
+        raise UsageError(str(exc)) from None
+
+
+def _one(names: list[str], default: str | None = None) -> str:
     if not names and default is not None:
         return default
     if len(names) != 1:
-        raise ValueError("expected one path")
+        raise UsageError("expected one path")
     return names[0]
 
 
-def _readline():
+def _readline() -> ModuleType | None:
     try:
         import readline
     except ImportError:  # not on every platform

@@ -7,10 +7,13 @@
 - `raw(server)` is a `FrameStream` over a fresh socket with the greeting read,
   for driving the server by hand-built frames rather than by our own client.
 - `server_process(config_path)` starts `python -m ftpserver` as a subprocess.
+- `run_cli(*args, port=...)` runs the client's `main(argv, env)` in this process;
+  `run_cli_subprocess` runs `python -m ftpclient`, for the end-to-end cases.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -26,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftpclient.cli import main as client_main
+from ftpclient.environment import Environment
 from ftpproto.io import FrameStream
 from ftpserver.auth import hash_password
 from ftpserver.config import ServerConfig, load_config
@@ -209,21 +214,66 @@ def server_process() -> Iterator[Callable[..., ServerProcess]]:
         proc.stop()
 
 
-def run_cli(
-    *args: str, port: int, env: dict | None = None, cwd: Path | None = None, input: str | None = None
-):
-    """Run the client CLI (`python -m ftpclient`) in a subprocess against 127.0.0.1:port."""
+def client_environ(port: int, env: dict | None = None) -> dict[str, str]:
+    """The variables a client run sees: ours without SOCKFTP_*, then the server's
+    address, no config file, then `env` (where `{"X": ""}` removes X)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
     full_env.update(
         {"SOCKFTP_HOST": "127.0.0.1", "SOCKFTP_PORT": str(port), "XDG_CONFIG_HOME": "/nonexistent"}
     )
     full_env.update(env or {})
-    full_env = {k: v for k, v in full_env.items() if v != ""}  # env={"X": ""} removes X
+    return {k: v for k, v in full_env.items() if v != ""}
+
+
+@dataclass
+class CliResult:
+    """What a client run left: the fields of `subprocess.CompletedProcess` the tests read."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(
+    *args: str,
+    port: int,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    terminal: bool = False,
+) -> CliResult:
+    """Run the client CLI in this process, `main(args, Environment(...))` against 127.0.0.1:port:
+    `input` is its stdin, the variables `client_environ()`; in `cwd` for the call. With
+    `terminal`, stdin and stderr count as a terminal's (stdout stays a pipe)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    environment = Environment(
+        stdin=io.StringIO(input or ""),
+        stdout=stdout,
+        stderr=stderr,
+        stdin_isatty=terminal,
+        stderr_isatty=terminal,
+        environ=client_environ(port, env),
+    )
+    before = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        status = client_main(list(args), environment)
+    finally:
+        os.chdir(before)
+    return CliResult(["ftpclient", *args], int(status), stdout.getvalue(), stderr.getvalue())
+
+
+def run_cli_subprocess(
+    *args: str, port: int, env: dict | None = None, cwd: Path | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the client CLI (`python -m ftpclient`) in a subprocess against 127.0.0.1:port."""
     return subprocess.run(
         [sys.executable, "-m", "ftpclient", *args],
         capture_output=True,
         text=True,
-        env=full_env,
+        env=client_environ(port, env),
         cwd=cwd,
         input=input,
         timeout=60,

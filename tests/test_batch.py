@@ -1,6 +1,8 @@
-"""Batch transfers and scripting, through the real CLI in subprocesses: trees,
-repeat runs, failures that do not stop the rest, retries that resume after the
-test cuts the connection, JSON output, filters, dry runs, rate limits, lists."""
+"""Batch transfers and scripting, through the CLI's `main()` in-process against
+a server in a thread: trees, repeat runs, failures that do not stop the rest,
+retries that resume after the test cuts the connection, JSON output, filters,
+dry runs, rate limits, lists. The client runs as a process where it must: a
+terminal's progress bars (a pty) and Ctrl-C (a signal)."""
 
 from __future__ import annotations
 
@@ -25,15 +27,14 @@ import pytest
 from ftpclient import Client
 from ftpclient.batch import Batch, Filters, plan_put
 
-from .conftest import run_cli, write_config
+from .conftest import run_cli, start_server_process, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def port(tmp_path, server_process):
-    config = write_config(tmp_path, limits={"max_connections_per_address": 50})
-    return server_process(config).port
+def port(make_config, serve):
+    return serve(make_config(limits={"max_connections_per_address": 50})).port
 
 
 @pytest.fixture
@@ -129,7 +130,7 @@ class CuttingProxy:
     def __init__(self, server_port: int, cut_after: int, direction: str) -> None:
         self.server_port, self.cut_after, self.direction = server_port, cut_after, direction
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(0.2)
+        self.listener.settimeout(0.05)
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self._stop = threading.Event()
@@ -286,6 +287,17 @@ def test_usage_errors_of_batch_flags(port, tmp_path):
     assert result.returncode == 2 and "use -r" in result.stderr
 
 
+def test_bars_go_where_the_environment_says_a_terminal_is(port, tmp_path, capsys):
+    for i in range(3):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(300_000))
+    result = run_cli("put", "f0", "f1", "f2", port=port, cwd=tmp_path, terminal=True)
+    assert result.returncode == 0
+    assert "/3 files" in result.stderr  # the overall bar, on the run's stderr
+    *puts, summary = result.stdout.splitlines()
+    assert len(puts) == 3 and summary.startswith("sent 3 files") and "\r" not in result.stdout
+    assert capsys.readouterr() == ("", "")  # nothing on the process's own streams
+
+
 def test_progress_bar_on_a_terminal_and_none_without(port, tmp_path):
     for i in range(3):
         (tmp_path / f"f{i}").write_bytes(os.urandom(300_000))
@@ -414,13 +426,11 @@ def test_ctrl_c_stops_a_batch_at_once(tmp_path):
     config = write_config(
         tmp_path, anonymous={"bandwidth": 200_000}, limits={"max_connections_per_address": 50}
     )
-    from .conftest import start_server_process
-
+    for i in range(4):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(2_000_000))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
     server = start_server_process(config)
     try:
-        for i in range(4):
-            (tmp_path / f"f{i}").write_bytes(os.urandom(2_000_000))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SOCKFTP_")}
         process = subprocess.Popen(
             [sys.executable, "-m", "ftpclient", "--port", str(server.port), "put", "f0", "f1", "f2", "f3"],
             cwd=tmp_path,
@@ -428,14 +438,23 @@ def test_ctrl_c_stops_a_batch_at_once(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        time.sleep(1.5)
-        process.send_signal(signal.SIGINT)
-        started = time.monotonic()
-        assert process.wait(10) == 130
-        assert time.monotonic() - started < 3
-        assert b"Traceback" not in process.stderr.read()
+        try:
+            storage = tmp_path / "storage"
+            assert wait_until(lambda: len(list(storage.glob(".sockftp.part.*"))) == 4, 15)  # all 4 going
+            process.send_signal(signal.SIGINT)
+            started = time.monotonic()
+            assert process.wait(10) == 130
+            assert time.monotonic() - started < 3
+            assert b"Traceback" not in process.stderr.read()
+        finally:
+            if process.poll() is None:
+                process.kill()
+            process.wait(5)
+            process.stderr.close()
     finally:
-        server.stop()
+        # Killed, not stopped: its sessions, paced to 200 kB/s, would take seconds to
+        # drain what the dead client left in their sockets; this test is about the client.
+        server.stop(signal.SIGKILL)
 
 
 def test_bad_client_settings_are_usage_errors(tmp_path):

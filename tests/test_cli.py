@@ -1,9 +1,14 @@
-"""The real command lines in subprocesses: `ftpclient` against an `ftpserver`
-started from a YAML file in tmp_path. Checks exit codes, stdout and stderr."""
+"""The command lines: exit codes, stdout and stderr.
+
+`ftpclient` runs in-process (`main(argv, env)`, by `run_cli`) against a server
+in a thread, built from a YAML file in tmp_path. Subprocesses where only a
+process will do: the installed scripts, and the `ftpserver` process itself
+(its log, signals, config errors); `ftpserver adduser` runs in-process too."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,12 +17,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
+from ftpclient.cli import main
+from ftpclient.environment import Environment
 from ftpproto.io import FrameStream
+from ftpserver.__main__ import main as ftpserver_main
+from ftpserver.config import load_config
 
-from .conftest import run_cli, write_config
+from .conftest import CliResult, client_environ, run_cli, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,8 +38,8 @@ def config_path(tmp_path):
 
 
 @pytest.fixture
-def port(config_path, server_process):
-    return server_process(config_path).port
+def port(config_path, serve):
+    return serve(load_config(config_path)).port
 
 
 @pytest.fixture
@@ -147,10 +157,12 @@ def test_usage_errors_exit_2(port, work):
 
 
 def test_help_exits_0():
-    for args in (["--help"], ["get", "--help"], ["put", "--help"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "ftpclient", *args], capture_output=True, text=True, timeout=30
-        )
+    result = subprocess.run(
+        [sys.executable, "-m", "ftpclient", "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0 and "usage: ftpclient" in result.stdout
+    for args in (["get", "--help"], ["put", "--help"]):
+        result = run_cli(*args, port=1)
         assert result.returncode == 0 and "usage: ftpclient" in result.stdout
     result = subprocess.run(
         [sys.executable, "-m", "ftpserver", "--help"], capture_output=True, text=True, timeout=30
@@ -163,6 +175,36 @@ def test_console_scripts_are_installed():
         path = shutil.which(script) or os.path.join(os.path.dirname(sys.executable), script)
         result = subprocess.run([path, "--help"], capture_output=True, text=True, timeout=30)
         assert result.returncode == 0 and f"usage: {script}" in result.stdout
+
+
+def test_the_installed_client_script_end_to_end(port, work):
+    """The console script as a process: real streams, not a terminal, so no bar."""
+    script = shutil.which("ftpclient") or os.path.join(os.path.dirname(sys.executable), "ftpclient")
+    (work / "hello.txt").write_text("hello, world\n")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [script, *args], capture_output=True, text=True, timeout=30, cwd=work, env=client_environ(port)
+        )
+
+    put = run("put", "hello.txt")
+    assert put.returncode == 0 and put.stderr == "", put.stderr
+    assert put.stdout.startswith("put: hello.txt -> /hello.txt: 13 B, md5 ")
+    assert run("ls").stdout == "hello.txt\n"
+    missing = run("get", "nope.txt")
+    assert missing.returncode == 1 and missing.stderr.startswith("ftpclient: get nope.txt: not_found:")
+
+
+def test_help_and_usage_errors_are_written_to_the_environment(capsys):
+    """argparse's own output goes to env's streams too, and its exits become return values."""
+    out, err = io.StringIO(), io.StringIO()
+    env = Environment(stdin=io.StringIO(), stdout=out, stderr=err, environ=client_environ(1))
+    assert main(["--help"], env) == 0
+    assert out.getvalue().startswith("usage: ftpclient") and err.getvalue() == ""
+    assert main(["put", "--help"], env) == 0 and "--from-file" in out.getvalue()
+    assert main(["frobnicate"], env) == 2 and "invalid choice: 'frobnicate'" in err.getvalue()
+    assert main(["get", "-j", "0", "x"], env) == 2 and "must be at least 1" in err.getvalue()
+    assert capsys.readouterr() == ("", "")  # nothing reached the process's own streams
 
 
 def test_connection_refused_is_one_line_and_exit_1():
@@ -188,39 +230,53 @@ def test_login_from_environment(port, work, tmp_path):
     assert nopass.returncode == 2 and "SOCKFTP_PASSWORD" in nopass.stderr
 
 
-# -- the server process ----------------------------------------------------------------
+def test_the_password_prompt_uses_the_environment(port, tmp_path, capsys):
+    (tmp_path / "storage" / "alice").mkdir(parents=True)
+    (tmp_path / "storage" / "alice" / "mine").write_text("x")
+    result = run_cli("--user", "alice", "ls", port=port, input="alice-pw\n", terminal=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "Password for alice: " and result.stdout == "mine\n"
+    assert capsys.readouterr() == ("", "")  # asked on the run's streams, not the process's
 
 
-def test_adduser_stores_a_hash_and_the_user_can_log_in(tmp_path, server_process, work):
+# -- the server's commands, and the server process ------------------------------------
+
+
+@pytest.fixture
+def ftpserver_command(monkeypatch, capsys) -> Callable[..., CliResult]:
+    """`ftpserver ARGS` in this process, by its `main(argv)`, with `input` as stdin:
+    for the commands that do not serve (adduser)."""
+
+    def run(*args: str, input: str = "") -> CliResult:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        capsys.readouterr()
+        status = ftpserver_main(list(args))
+        out, err = capsys.readouterr()
+        return CliResult(["ftpserver", *args], status, out, err)
+
+    return run
+
+
+def test_adduser_stores_a_hash_and_the_user_can_log_in(tmp_path, serve, work, ftpserver_command):
     config = write_config(tmp_path)
-    adduser = subprocess.run(
-        [sys.executable, "-m", "ftpserver", "adduser", "dave", "--config", str(config), "--password-stdin"],
-        input="dave's secret\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
+    adduser = ftpserver_command(
+        "adduser", "dave", "--config", str(config), "--password-stdin", input="dave's secret\n"
     )
     assert adduser.returncode == 0, adduser.stderr
     assert (tmp_path / "users.yaml").stat().st_mode & 0o777 == 0o600
     users_text = (tmp_path / "users.yaml").read_text()
     assert "dave" in users_text and "dave's secret" not in users_text and "scrypt$" in users_text
     assert "alice" in users_text  # other users are kept
-    port = server_process(config).port
+    port = serve(load_config(config)).port  # the users file as adduser left it
     (work / "f").write_text("x")
     env = {"SOCKFTP_USER": "dave", "SOCKFTP_PASSWORD": "dave's secret"}
     assert run_cli("put", "f", port=port, cwd=work, env=env).returncode == 0
     assert (tmp_path / "storage" / "dave" / "f").exists()
 
 
-def test_adduser_without_a_terminal_or_stdin_flag_refuses(tmp_path):
+def test_adduser_without_a_terminal_or_stdin_flag_refuses(tmp_path, ftpserver_command):
     config = write_config(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", "ftpserver", "adduser", "eve", "--config", str(config)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = ftpserver_command("adduser", "eve", "--config", str(config))  # stdin: no terminal
     assert result.returncode == 1 and "--password-stdin" in result.stderr
 
 
@@ -301,25 +357,13 @@ def test_signal_lets_a_running_upload_finish_then_exits_0(tmp_path, server_proce
         ("x y", [], "a user name is"),
     ],
 )
-def test_adduser_refuses_bad_users_without_touching_the_file(tmp_path, name, extra, message):
+def test_adduser_refuses_bad_users_without_touching_the_file(
+    tmp_path, ftpserver_command, name, extra, message
+):
     config = write_config(tmp_path)
     before = (tmp_path / "users.yaml").read_text()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ftpserver",
-            "adduser",
-            name,
-            "--config",
-            str(config),
-            "--password-stdin",
-            *extra,
-        ],
-        input="pw\n",
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = ftpserver_command(
+        "adduser", name, "--config", str(config), "--password-stdin", *extra, input="pw\n"
     )
     assert result.returncode == 2 and message in result.stderr
     assert (tmp_path / "users.yaml").read_text() == before

@@ -200,36 +200,72 @@ def test_mkdir_rm_stat(client):
 # -- scripted servers that misbehave ------------------------------------------------------
 
 
-@pytest.fixture
-def scripted() -> Iterator[Callable[[Callable[[FrameStream], None]], int]]:
-    """Serve one connection with `script(stream)`, greeting sent; returns the port."""
-    listeners: list[socket.socket] = []
-    threads: list[threading.Thread] = []
+class ScriptedServers:
+    """Servers of one connection each, run by a script in a thread.
 
-    def start(script: Callable[[FrameStream], None], greeting: dict | None = None) -> int:
+    `close()` joins them and raises what a script raised (an `assert` in a script
+    thread is a failure, not a warning), or fails if one is still running."""
+
+    def __init__(self) -> None:
+        self.listeners: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, script: Callable[[FrameStream], None], greeting: dict | None = None) -> int:
+        """Serve one connection with `script(stream)`, greeting sent; returns the port."""
         listener = socket.create_server(("127.0.0.1", 0))
         listener.settimeout(10)
-        listeners.append(listener)
+        self.listeners.append(listener)
 
         def run() -> None:
-            conn, _ = listener.accept()
-            conn.settimeout(10)
-            with conn:
-                stream = FrameStream(conn)
-                stream.send(greeting or {"type": "hello", "proto": 1, "server": "fake/0", "auth": "optional"})
-                with contextlib.suppress(OSError):
-                    script(stream)
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(10)
+                with conn:
+                    stream = FrameStream(conn)
+                    stream.send(
+                        greeting or {"type": "hello", "proto": 1, "server": "fake/0", "auth": "optional"}
+                    )
+                    with contextlib.suppress(OSError):  # the client hung up: the test checks the client
+                        script(stream)
+            except BaseException as exc:
+                self.errors.append(exc)
 
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
-        threads.append(thread)
+        self.threads.append(thread)
         return listener.getsockname()[1]
 
-    yield start
-    for thread in threads:
-        thread.join(10)
-    for listener in listeners:
-        listener.close()
+    def close(self) -> None:
+        for thread in self.threads:
+            thread.join(10)
+        for listener in self.listeners:
+            listener.close()
+        if self.errors:
+            raise self.errors[0]
+        assert not any(thread.is_alive() for thread in self.threads), "a scripted server is still running"
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[..., int]]:
+    """Serve one connection with `script(stream)`, greeting sent; returns the port.
+    A script that fails (or hangs) fails the test at teardown."""
+    servers = ScriptedServers()
+    yield servers.start
+    servers.close()
+
+
+def test_a_failing_script_fails_the_test():
+    servers = ScriptedServers()
+
+    def script(stream: FrameStream) -> None:
+        assert stream.recv()["op"] == "stat", "the script expected a stat"
+
+    port = servers.start(script)
+    with Client("127.0.0.1", port, timeout=10) as c, pytest.raises(OSError):
+        c.ls("/")  # the script's thread fails and hangs up
+    with pytest.raises(AssertionError, match="the script expected a stat"):
+        servers.close()
 
 
 def serve_get(body: bytes, announced: bytes, size: int | None = None) -> Callable[[FrameStream], None]:

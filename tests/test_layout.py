@@ -99,14 +99,24 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node, less the bodies of `if TYPE_CHECKING:` (imports for type hints only,
+    which never run and so can make no cycle)."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            skipped |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return [node for node in ast.walk(tree) if id(node) not in skipped]
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module -> the modules of ours it imports, anywhere in it (inside functions too)."""
+    """Module -> the modules of ours it imports when it runs, anywhere in it (inside functions too)."""
     files = {module_name(p): p for package in OURS for p in (ROOT / package).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):

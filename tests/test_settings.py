@@ -7,7 +7,7 @@ import yaml
 
 from ftpclient.settings import Settings, SettingsError, config_path, resolve_settings
 
-from .conftest import run_cli, write_config
+from .conftest import run_cli
 
 
 def write_profiles(directory, data) -> None:
@@ -90,8 +90,8 @@ def test_config_path_follows_xdg():
     assert str(config_path({"XDG_CONFIG_HOME": "/cfg"})) == "/cfg/sockftp/client.yaml"
 
 
-def test_cli_with_a_profile_and_a_password_file(tmp_path, server_process):
-    port = server_process(write_config(tmp_path)).port
+def test_cli_with_a_profile_and_a_password_file(tmp_path, make_config, serve):
+    port = serve(make_config()).port
     (tmp_path / "pw").write_text("alice-pw\n")
     config = tmp_path / "client.yaml"
     config.write_text(

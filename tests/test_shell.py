@@ -1,4 +1,4 @@
-"""`ftpclient shell`: commands from stdin through the real CLI, and remote tab completion."""
+"""`ftpclient shell`: commands from stdin through the CLI's `main()`, and remote tab completion."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ import io
 import pytest
 
 from ftpclient import Client
+from ftpclient.environment import Environment
 from ftpclient.shell import Shell
 
-from .conftest import run_cli, write_config
+from .conftest import run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-def port(tmp_path, server_process):
-    return server_process(write_config(tmp_path)).port
+def port(make_config, serve):
+    return serve(make_config()).port
 
 
 def test_a_scripted_session(port, tmp_path):
@@ -58,15 +59,14 @@ def test_errors_are_one_line_and_the_session_goes_on(port, tmp_path):
     assert result.stdout.splitlines() == ["ok/"]
 
 
-def test_tab_completion_of_remote_names(tmp_path, server_process):
-    port = server_process(write_config(tmp_path)).port
+def test_tab_completion_of_remote_names(tmp_path, port):
     storage = tmp_path / "storage"
     (storage / "reports").mkdir()
     (storage / "reports" / "q1.pdf").write_bytes(b"1")
     (storage / "reports" / "q2.pdf").write_bytes(b"2")
     (storage / "readme.txt").write_bytes(b"r")
     with Client("127.0.0.1", port, timeout=10) as client:
-        shell = Shell(client, stdin=io.StringIO(), stdout=io.StringIO())
+        shell = Shell(client, Environment(stdin=io.StringIO(), stdout=io.StringIO()))
         assert sorted(shell.completedefault("re", "get re", 4, 6)) == ["readme.txt", "reports/"]
         assert sorted(shell.complete_get("reports/q", "get reports/q", 4, 13)) == [
             "reports/q1.pdf",
