@@ -17,6 +17,7 @@ from typing import Any
 from .errors import BadRequestError, UnknownOpError
 
 __all__ = [
+    "EAGER_PUT_MAX",
     "FEATURES",
     "OPS",
     "PROTOCOL_VERSION",
@@ -31,6 +32,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 REQUIRED = object()
+EAGER_PUT_MAX = 1_048_576  # bytes an eager put may carry: what a refused one costs to drain
 MAX_TIME = 1e11  # seconds either side of 1970: beyond the year 5000, and within what a float holds to the microsecond
 _MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
@@ -63,6 +65,7 @@ OPS: dict[str, OpSpec] = {
                 "path": Field("str"),
                 "offset": Field("int", 0),
                 "attributes": Field("bool", False, "attributes"),
+                "eager": Field("bool", False, "eager"),
             },
         ),
         OpSpec(
@@ -75,6 +78,7 @@ OPS: dict[str, OpSpec] = {
                 "parents": Field("bool", False),
                 "mtime": Field("time", None, "attributes"),
                 "mode": Field("mode", None, "attributes"),
+                "eager": Field("bool", False, "eager"),
             },
             writes=True,
         ),

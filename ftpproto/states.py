@@ -22,12 +22,22 @@ The exchanges (docs/protocol.md, sections 4 to 10), as states:
                              --quit----> QUITTING --answer--> CLOSED
 
 and from any state where the server may send a frame, a `fatal` error (one
-after which it closes) leads to CLOSED. This module does no I/O.
+after which it closes) leads to CLOSED. The eager extension (docs/protocol.md
+section 16) adds two exchanges that need nothing from the client once sent:
+
+                             --get eager-> GET_EAGER --header--> GET_DATA (no ack)
+                             --put eager-> PUT_DATA (the data follows the request)
+
+A client may send requests before the answers to earlier ones arrive, as long
+as none of them waits for the client (an `ack`, or a put's data after its
+offset): its `Conversation` then keeps the exchanges behind the first in a
+queue, and the server's answers move them in order. This module does no I/O.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from typing import Any
 
 from .errors import BadRequestError, ProtocolError, ProtocolMismatchError, error_from_response
@@ -42,6 +52,7 @@ __all__ = [
     "StateError",
     "answer_event",
     "client_event",
+    "exchange_kind",
 ]
 
 
@@ -57,6 +68,7 @@ class State(enum.Enum):
     LISTING = "listing"  # ls: pages until one without "more"
     GET_ASKED = "waiting for a get header"
     GET_OFFERED = "waiting for ack or cancel"
+    GET_EAGER = "waiting for an eager get's header"  # its data follows the header, unasked
     GET_DATA = "sending a get's data"  # the server streams the file: no frame either way
     PUT_ASKED = "waiting for a put offset"
     PUT_DATA = "receiving a put's data"  # the client streams the file: no frame from it
@@ -81,13 +93,21 @@ class Event(enum.Enum):
 
 S, C = Role.SERVER, Role.CLIENT
 
-# The exchange a request opens, by its op; any other op (known or not) waits for one answer.
+# The exchange a request opens, by its kind (`exchange_kind()`); any other op, known or
+# not, waits for one answer.
 EXCHANGES: dict[str, State] = {
     "ls": State.LISTING,
     "get": State.GET_ASKED,
     "put": State.PUT_ASKED,
+    "get eager": State.GET_EAGER,
+    "put eager": State.PUT_DATA,
     "quit": State.QUITTING,
 }
+# Where an exchange needs nothing more from the client: another request may follow it.
+PIPELINE_STATES = (State.ANSWERING, State.LISTING, State.GET_EAGER, State.GET_DATA, State.PUT_CHECKING)
+# Requests that need the client again after they are sent (an ack; a put's data after
+# its offset): nothing may be sent ahead of their answers, nor they ahead of others'.
+NEEDS_CLIENT = ("get", "put")
 
 # (state, who acts, event) -> the next state. Nothing else is legal.
 TABLE: dict[tuple[State, Role, Event], State] = {
@@ -102,6 +122,8 @@ TABLE: dict[tuple[State, Role, Event], State] = {
     (State.GET_ASKED, S, Event.ERROR): State.IDLE,
     (State.GET_OFFERED, C, Event.ACK): State.GET_DATA,
     (State.GET_OFFERED, C, Event.CANCEL): State.IDLE,
+    (State.GET_EAGER, S, Event.HEADER): State.GET_DATA,
+    (State.GET_EAGER, S, Event.ERROR): State.IDLE,
     (State.GET_DATA, S, Event.DATA_END): State.IDLE,
     (State.PUT_ASKED, S, Event.READY): State.PUT_DATA,
     (State.PUT_ASKED, S, Event.ERROR): State.IDLE,
@@ -125,22 +147,54 @@ class StateError(RuntimeError):
 
 
 class Conversation:
-    """One connection's place in the protocol, as one side (`role`) sees it."""
+    """One connection's place in the protocol, as one side (`role`) sees it.
+
+    `state` is the exchange in progress (the oldest one, when a client has sent
+    several requests ahead: those wait in `queue`, in order, each in the state it
+    opened with, and the server's events move the oldest)."""
 
     def __init__(self, role: Role) -> None:
         self.role = role
         self.peer = C if role is S else S
         self.state = State.GREETING
-        self.op: str | None = None  # the op of the exchange in progress
+        self.op: str | None = None  # the kind of the exchange in progress
+        self.queue: deque[tuple[State, str]] = deque()  # client role: exchanges behind it
 
     def __repr__(self) -> str:
-        return f"<Conversation {self.role.value} {self.state.name} op={self.op}>"
+        return f"<Conversation {self.role.value} {self.state.name} op={self.op} queued={len(self.queue)}>"
 
     def allows(self, role: Role, event: Event) -> bool:
         return (self.state, role, event) in TABLE
 
+    @property
+    def outstanding(self) -> int:
+        """Exchanges begun and not yet ended (0 between exchanges)."""
+        if self.state in (State.IDLE, State.GREETING, State.CLOSED):
+            return 0
+        return 1 + len(self.queue)
+
+    def may_pipeline(self, kind: str) -> bool:
+        """Whether a client may send a request of `kind` now, before earlier answers came."""
+        return (
+            self.role is C
+            and kind not in NEEDS_CLIENT
+            and self.state in PIPELINE_STATES
+            and all(state in PIPELINE_STATES or state is State.PUT_DATA for state, _ in self.queue)
+        )
+
     def send(self, event: Event, op: str | None = None) -> None:
-        """Record an event of this side's, before it goes on the wire."""
+        """Record an event of this side's, before it goes on the wire. A client's request
+        behind unanswered ones is queued (see `may_pipeline`); its eager put's `DATA_END`
+        is the newest exchange's."""
+        if event is Event.REQUEST and self.state is not State.IDLE and self.may_pipeline(op or ""):
+            self.queue.append((EXCHANGES[op or ""], op or ""))
+            return
+        if event is Event.DATA_END and self.role is C and self.queue:
+            state, kind = self.queue[-1]
+            if state is not State.PUT_DATA:
+                raise StateError(f"client may not send data end {state.value}")
+            self.queue[-1] = (State.PUT_CHECKING, kind)
+            return
         if not self.allows(self.role, event):
             raise StateError(f"{self.role.value} may not send {event.value} {self.state.value}")
         self._move(self.role, event, op)
@@ -154,6 +208,7 @@ class Conversation:
     def close(self) -> None:
         """The connection is gone, or out of step: nothing more may cross."""
         self.state, self.op = State.CLOSED, None
+        self.queue.clear()
 
     def error_event(self, closes: bool) -> Event:
         """What an error answer from the server is here: `ERROR` where the connection
@@ -165,8 +220,11 @@ class Conversation:
         if event is Event.REQUEST:
             self.op = op
             state = EXCHANGES.get(op or "", State.ANSWERING)
-        if state in (State.IDLE, State.CLOSED):
+        if state is State.IDLE and self.queue:
+            state, self.op = self.queue.popleft()  # the next exchange sent ahead is now answered
+        elif state in (State.IDLE, State.CLOSED):
             self.op = None
+            self.queue.clear()
         self.state = state
 
     def _illegal(self, event: Event, op: str | None) -> ProtocolError:
@@ -182,15 +240,26 @@ class Conversation:
         return BadRequestError(expected, closes=True)
 
 
+def exchange_kind(message: dict[str, Any]) -> str | None:
+    """A request's kind: its op, or `get eager`/`put eager` for the eager extension's
+    (any `eager` but false counts, so that a put whose data follows is always read as one)."""
+    op = message.get("op")
+    if not isinstance(op, str):
+        return None
+    if op in ("get", "put") and message.get("eager", False) is not False:
+        return f"{op} eager"
+    return op
+
+
 def client_event(state: State, message: dict[str, Any]) -> tuple[Event, str | None]:
-    """The event a frame from the client stands for, and its op: `ack` and `cancel`
+    """The event a frame from the client stands for, and its kind: `ack` and `cancel`
     are replies within a get exchange; any other frame is a request."""
     op = message.get("op")
     if op == "ack":
         return Event.ACK, None
     if op == "cancel":
         return Event.CANCEL, None
-    return Event.REQUEST, op if isinstance(op, str) else None
+    return Event.REQUEST, exchange_kind(message)
 
 
 def _error_event(state: State, closes: bool) -> Event:
@@ -209,7 +278,7 @@ def answer_event(state: State, message: dict[str, Any]) -> tuple[Event, Protocol
         return _error_event(state, error.closes), error
     if state is State.LISTING and message.get("more"):
         return Event.PAGE, None
-    if state is State.GET_ASKED:
+    if state in (State.GET_ASKED, State.GET_EAGER):
         return Event.HEADER, None
     if state is State.PUT_ASKED:
         return Event.READY, None

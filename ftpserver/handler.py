@@ -36,7 +36,7 @@ from ftpproto import (
     TimedOutError,
 )
 from ftpproto.io import BUFFER_SIZE, FrameStream, PeerClosedError
-from ftpproto.messages import op_spec, parse_args
+from ftpproto.messages import EAGER_PUT_MAX, op_spec, parse_args
 from ftpproto.paths import join_path, split_path
 from ftpproto.states import client_event
 
@@ -199,14 +199,34 @@ class Session(socketserver.BaseRequestHandler):
         return self.account
 
     def dispatch(self, message: dict) -> bool:
-        spec = op_spec(message)
-        log.debug("request %s %s %s", self.peer, spec.name, clean(message.get("path", "")))
-        if spec.needs_auth and self.account is None:
-            raise AuthRequiredError("log in first")
-        if spec.writes and not self.acting.can_write:
-            raise ForbiddenError("this account may not write")
-        getattr(self, f"op_{spec.name}")(**parse_args(spec, message))
+        try:
+            spec = op_spec(message)
+            log.debug("request %s %s %s", self.peer, spec.name, clean(message.get("path", "")))
+            if spec.needs_auth and self.account is None:
+                raise AuthRequiredError("log in first")
+            if spec.writes and not self.acting.can_write:
+                raise ForbiddenError("this account may not write")
+            args = parse_args(spec, message)
+        except ProtocolError:
+            if self.conversation.state is State.PUT_DATA:  # an eager put: its data follows the frame
+                self.drain(message.get("size"))
+            raise
+        getattr(self, f"op_{spec.name}")(**args)
         return self.conversation.state is not State.CLOSED
+
+    def drain(self, size: object) -> None:
+        """Read and drop the data of an eager put that is refused, so that the refusal
+        arrives in step. A size that cannot be trusted leaves nothing to do but close."""
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= EAGER_PUT_MAX:
+            raise BadRequestError(
+                f"an eager put must give a size of at most {EAGER_PUT_MAX} bytes", closes=True
+            )
+        try:
+            with self.stream.timed(self.limits.stall_timeout):
+                self.stream.recv_data(size, lambda chunk: None)
+        except TimeoutError:
+            raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
+        self.conversation.receive(Event.DATA_END)
 
     # -- ops: each answers through reply(); quit's answer closes the conversation --
 
@@ -269,7 +289,7 @@ class Session(socketserver.BaseRequestHandler):
     def op_stat(self, path: str) -> None:
         self.reply({"ok": True, **self.storage.stat(self.acting, path)})
 
-    def op_get(self, path: str, offset: int, attributes: bool = False) -> None:
+    def op_get(self, path: str, offset: int, attributes: bool = False, eager: bool = False) -> None:
         started = time.monotonic()
         snapshot = self.storage.open_snapshot(self.acting, path)
         try:
@@ -279,7 +299,8 @@ class Session(socketserver.BaseRequestHandler):
             if attributes:  # the attributes extension, asked for: a v1 header stays as it was
                 header.update(mtime=snapshot.mtime, mode=snapshot.mode)
             self.reply(header, Event.HEADER)
-            self.receive(self.limits.idle_timeout, "ack or cancel")
+            if not eager:  # an eager get's data follows its header unasked
+                self.receive(self.limits.idle_timeout, "ack or cancel")
             if self.conversation.state is State.IDLE:  # cancelled
                 self.log_transfer("get", path, 0, started, "cancelled")
                 return
@@ -309,26 +330,42 @@ class Session(socketserver.BaseRequestHandler):
         parents: bool,
         mtime: float | None = None,
         mode: int | None = None,
+        eager: bool = False,
     ) -> None:
         started = time.monotonic()
-        upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents, mtime, mode)
+        if eager and size > EAGER_PUT_MAX:
+            self.drain(size)  # refuses, closing: too big to drain
+        try:
+            upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents, mtime, mode)
+        except ProtocolError:
+            if eager:
+                self.drain(size)
+            raise
         count = size - upload.offset
         received = 0
+        skip = upload.offset if eager else 0  # an eager put sends every byte: drop what is held already
 
         def counted(chunk: memoryview) -> None:
-            nonlocal received
+            nonlocal received, skip
+            if skip:
+                dropped = min(skip, len(chunk))
+                chunk, skip = chunk[dropped:], skip - dropped
+                if not chunk:
+                    return
             upload.write(chunk)
             received += len(chunk)
 
         try:
-            self.reply({"ok": True, "offset": upload.offset}, Event.READY)
+            if not eager:
+                self.reply({"ok": True, "offset": upload.offset}, Event.READY)
             limiter = self.server.rate_limiter(self.acting)
             write, chunk = (
                 (counted, BUFFER_SIZE) if limiter is None else (_throttled(counted, limiter), limiter.CHUNK)
             )
+            space = upload.space if not skip else None  # received in place only when nothing is dropped
             try:
                 with self.stream.timed(self.limits.stall_timeout):
-                    self.stream.recv_data(count, write, chunk, space=upload.space)
+                    self.stream.recv_data(count + skip, write, chunk, space=space)
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             self.conversation.receive(Event.DATA_END)

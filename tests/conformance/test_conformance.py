@@ -1175,3 +1175,85 @@ def test_attributes_travel_with_put_and_get(client: RawClient, area: Area) -> No
         request = {"op": "put", "path": area.path("x"), "size": 1, "md5": md5_hex(b"x"), name: value}
         expect_error("bad_request", lambda request=request: client.request(request), f"{name}={value!r}")
     assert_usable(client)
+
+
+def eager_put_frames(path: str, data: bytes, **more: object) -> bytes:
+    return (
+        encode_frame(
+            {"op": "put", "path": path, "size": len(data), "md5": md5_hex(data), "eager": True, **more}
+        )
+        + data
+    )
+
+
+def test_eager_puts_and_gets_pipelined_on_one_connection(client: RawClient, area: Area) -> None:
+    if "eager" not in offered(client):
+        pytest.skip("the server does not offer eager")
+    files = {f"f{i}.bin": payload(1000 + 37 * i) for i in range(20)}
+    # Every put with its data, all sent before reading a single answer.
+    client.send_raw(b"".join(eager_put_frames(area.path(name), data) for name, data in files.items()))
+    for name, data in files.items():
+        assert client.read_response() == {"ok": True, "size": len(data), "md5": md5_hex(data)}, name
+    for name, data in files.items():
+        assert (area.local / name).read_bytes() == data
+    # Every get, sent ahead; each header is followed by its data with no ack.
+    client.send(*({"op": "get", "path": area.path(name), "eager": True} for name in files))
+    for data in files.values():
+        header = client.read_response()
+        assert header["ok"] and header["size"] == len(data) and header["md5"] == md5_hex(data)
+        assert client.recv_exact(len(data)) == data
+    assert_usable(client)
+
+
+def test_a_refused_eager_put_is_drained_and_the_connection_stays_in_step(
+    open_server: Server, clients: Clients, area: Area
+) -> None:
+    client = clients.connect(open_server)
+    if "eager" not in offered(client):
+        pytest.skip("the server does not offer eager")
+    reader = clients.login(open_server, READER)
+    (area.local / "d").mkdir()
+    good, bad = payload(500), payload(700)
+    # A refusal (a directory in the way; no write permission; a malformed md5) comes after
+    # the server has read the put's data, and the next request is answered in order.
+    for who, frames, code in [
+        (client, eager_put_frames(area.path("d"), bad), "is_a_directory"),
+        (reader, eager_put_frames(area.path("r.bin"), bad), "forbidden"),
+        (client, eager_put_frames(area.path("m.bin"), bad, md5="nothex"), "bad_request"),
+    ]:
+        who.send_raw(frames + eager_put_frames(area.path(f"after-{code}.bin"), good))
+        answer = who.read_response()
+        assert answer["ok"] is False and answer["error"] == code, answer
+        after = who.read_response()
+        if who is client:
+            assert after == {"ok": True, "size": len(good), "md5": md5_hex(good)}
+        assert_usable(who)
+    assert sorted(p.name for p in area.local.iterdir()) == [
+        "after-bad_request.bin",
+        "after-is_a_directory.bin",
+        "d",
+    ]
+
+
+def test_an_eager_put_too_big_to_drain_closes(client: RawClient, area: Area) -> None:
+    if "eager" not in offered(client):
+        pytest.skip("the server does not offer eager")
+    big = 1_048_577
+    client.send({"op": "put", "path": area.path("big"), "size": big, "md5": md5_hex(b"x"), "eager": True})
+    answer = read_final_error_or_close(client)
+    assert answer is None or answer["error"] == "bad_request"
+    assert not (area.local / "big").exists()
+
+
+def test_an_eager_get_of_a_missing_file_sends_no_data(client: RawClient, area: Area) -> None:
+    if "eager" not in offered(client):
+        pytest.skip("the server does not offer eager")
+    client.put(area.path("there"), b"here")
+    client.send(
+        {"op": "get", "path": area.path("missing"), "eager": True},
+        {"op": "get", "path": area.path("there"), "eager": True},
+    )
+    assert client.read_response()["error"] == "not_found"
+    header = client.read_response()
+    assert header["size"] == 4 and client.recv_exact(4) == b"here"
+    assert_usable(client)
