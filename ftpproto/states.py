@@ -159,6 +159,7 @@ class Conversation:
         self.state = State.GREETING
         self.op: str | None = None  # the kind of the exchange in progress
         self.queue: deque[tuple[State, str]] = deque()  # client role: exchanges behind it
+        self.deferred: deque[str] = deque()  # server role: puts whose answers are owed
 
     def __repr__(self) -> str:
         return f"<Conversation {self.role.value} {self.state.name} op={self.op} queued={len(self.queue)}>"
@@ -197,7 +198,24 @@ class Conversation:
             return
         if not self.allows(self.role, event):
             raise StateError(f"{self.role.value} may not send {event.value} {self.state.value}")
+        if self.deferred and event is not Event.DATA_END:
+            raise StateError(f"server may not send {event.value} before {len(self.deferred)} answers owed")
         self._move(self.role, event, op)
+
+    def defer(self) -> None:
+        """Server: hold back the answer of the put just received, to give it with others
+        once the group is durable (a group commit); the next request may be read.
+        Answers stay in order: nothing else may be sent while any is owed."""
+        if self.role is not S or self.state is not State.PUT_CHECKING:
+            raise StateError(f"only a put's answer may be deferred, not {self.op} {self.state.value}")
+        self.deferred.append(self.op or "put")
+        self.state, self.op = State.IDLE, None
+
+    def send_deferred(self, event: Event) -> None:
+        """Server: record the oldest owed answer (`ANSWER` or `ERROR`) as it goes on the wire."""
+        if not self.deferred or event not in (Event.ANSWER, Event.ERROR):
+            raise StateError(f"no deferred answer to send as {event.value}")
+        self.deferred.popleft()
 
     def receive(self, event: Event, op: str | None = None) -> None:
         """Record the peer's event; raise the protocol error it means if the table forbids it."""
@@ -209,6 +227,7 @@ class Conversation:
         """The connection is gone, or out of step: nothing more may cross."""
         self.state, self.op = State.CLOSED, None
         self.queue.clear()
+        self.deferred.clear()
 
     def error_event(self, closes: bool) -> Event:
         """What an error answer from the server is here: `ERROR` where the connection

@@ -17,6 +17,7 @@ import re
 import socketserver
 import ssl
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ftpproto import (
@@ -43,6 +44,7 @@ from ftpproto.states import client_event
 from .auth import verify_password
 from .config import Account
 from .defender import Event as Score
+from .storage import Upload
 
 if TYPE_CHECKING:
     from .server import FileServer
@@ -51,6 +53,7 @@ __all__ = ["LS_PAGE", "Session"]
 
 log = logging.getLogger("ftpserver.session")
 LS_PAGE = 1000
+GROUP_MAX = 64  # eager puts committed together at most
 HANDSHAKE_TIMEOUT = 10.0
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -61,6 +64,18 @@ def _throttled(write, limiter):
         limiter.consume(len(chunk))
 
     return write_at_rate
+
+
+@dataclass
+class Pending:
+    """A sealed put waiting for its group's commit, and what its answer and log line need."""
+
+    upload: Upload
+    path: str
+    size: int
+    md5: str
+    count: int  # bytes received
+    started: float
 
 
 def clean(text: object) -> str:
@@ -81,11 +96,15 @@ class Session(socketserver.BaseRequestHandler):
         self.tried_login = False
         self.failed_logins = 0
         self.conversation = Conversation(Role.SERVER)
+        self.group: list[Pending] = []  # sealed puts whose commit and answer wait for a group
         self.stream = FrameStream(self.request)
         self.stream.set_timeout(self.limits.idle_timeout)
         self.server.session_started(self)
 
     def finish(self) -> None:
+        for pending in self.group:  # the client went before their commit: kept for a resume
+            pending.upload.abort()
+        self.group = []
         if self.logged_in and self.account is not None:
             self.server.user_session_ended(self.account)
         if self.config.anonymous is None and not self.tried_login:
@@ -108,6 +127,7 @@ class Session(socketserver.BaseRequestHandler):
             self.reply(self.greeting(), Event.HELLO)
             while not self.server.stopping and self.serve_one():
                 pass
+            self.flush()  # a stop between two requests of a group: its puts are answered first
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
             log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
         seconds = time.monotonic() - started
@@ -142,6 +162,8 @@ class Session(socketserver.BaseRequestHandler):
         """Read and answer one request; False when the connection must end."""
         try:
             message = self.receive(self.limits.idle_timeout, "request")
+            if self.group and self.conversation.op != "put eager":
+                self.flush()  # only eager puts join a group; anything else sees its effects
             return self.dispatch(message)
         except ProtocolError as exc:
             if exc.closes and exc.code in ("bad_request", "frame_too_large"):
@@ -161,8 +183,8 @@ class Session(socketserver.BaseRequestHandler):
 
     @property
     def busy(self) -> bool:
-        """Inside an exchange: a stop waits for it to end."""
-        return self.conversation.state not in (State.IDLE, State.GREETING, State.CLOSED)
+        """Inside an exchange, or owing answers: a stop waits for them."""
+        return bool(self.group) or self.conversation.state not in (State.IDLE, State.GREETING, State.CLOSED)
 
     def receive(self, timeout: float, what: str) -> dict:
         """The client's next frame, recorded in the conversation; `timeout` for the whole frame."""
@@ -174,13 +196,19 @@ class Session(socketserver.BaseRequestHandler):
         return message
 
     def reply(self, message: dict, event: Event = Event.ANSWER) -> None:
-        """Send a frame of the exchange, which `event` moves on."""
+        """Send a frame of the exchange, which `event` moves on (after the answers owed
+        to earlier puts: answers go in the order of their requests)."""
+        if self.group:
+            self.flush()
         self.conversation.send(event)
         self.stream.send(message)
 
     def send_error(self, exc: ProtocolError) -> None:
         """Answer with `exc`: closing wherever the exchange cannot go on in step after it,
         and not at all in the middle of a get's data, where no frame may come."""
+        if self.group:
+            with contextlib.suppress(OSError):
+                self.flush()
         event = self.conversation.error_event(exc.closes)
         if not self.conversation.allows(Role.SERVER, event):
             self.conversation.close()
@@ -335,6 +363,8 @@ class Session(socketserver.BaseRequestHandler):
         started = time.monotonic()
         if eager and size > EAGER_PUT_MAX:
             self.drain(size)  # refuses, closing: too big to drain
+        if self.group and self.overlaps(path):
+            self.flush()  # its checks must see the earlier put of that name (or of a parent) done
         try:
             upload = self.storage.begin_upload(self.acting, path, size, md5, overwrite, parents, mtime, mode)
         except ProtocolError:
@@ -369,15 +399,50 @@ class Session(socketserver.BaseRequestHandler):
             except TimeoutError:
                 raise TimedOutError(f"no data for {self.limits.stall_timeout:g} seconds") from None
             self.conversation.receive(Event.DATA_END)
-            upload.finish()
+            upload.seal()
         except BaseException as exc:
             kept = upload.abort()
             result = getattr(exc, "code", exc.__class__.__name__)
             self.log_transfer("put", path, received, started, f"failed ({result})", kept)
             raise
-        self.log_transfer("put", path, count, started, "ok")
-        self.emit("upload", path, size=size, md5=md5)
-        self.reply({"ok": True, "size": size, "md5": md5})
+        self.group.append(Pending(upload, path, size, md5, count, started))
+        self.conversation.defer()
+        if not (eager and len(self.group) < GROUP_MAX and self.stream.ready()):
+            self.flush()  # else the next request is here already: it may join the group
+
+    def overlaps(self, path: str) -> bool:
+        """Whether a put of `path` would touch a name a put in the group makes (the same
+        file, a parent directory of it, or a file below it)."""
+        try:
+            new = join_path(split_path(path))
+        except ProtocolError:
+            return False  # refused by its own checks, whatever the group holds
+        for pending in self.group:
+            old = join_path(split_path(pending.path))
+            if new == old or new.startswith(old.rstrip("/") + "/") or old.startswith(new.rstrip("/") + "/"):
+                return True
+        return False
+
+    def flush(self) -> None:
+        """Commit the group of sealed puts at once, then give their answers in order."""
+        group, self.group = self.group, []
+        if not group:
+            return
+        failures = self.storage.commit_group([pending.upload for pending in group])
+        for pending, failure in zip(group, failures, strict=True):
+            if failure is None:
+                self.log_transfer("put", pending.path, pending.count, pending.started, "ok")
+                self.emit("upload", pending.path, size=pending.size, md5=pending.md5)
+                self.conversation.send_deferred(Event.ANSWER)
+                self.stream.send({"ok": True, "size": pending.size, "md5": pending.md5})
+            else:
+                self.log_transfer(
+                    "put", pending.path, pending.count, pending.started, f"failed ({failure.code})"
+                )
+                log.info("error %s %s: %s", self.peer, failure.code, clean(failure.message))
+                self.server.metrics.error(failure.code)
+                self.conversation.send_deferred(Event.ERROR)
+                self.stream.send(failure.to_response())
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.acting, path, parents)

@@ -11,7 +11,9 @@ server turns away before any session starts on it.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -69,6 +71,17 @@ class FrameStream:
     @property
     def closed(self) -> bool:
         return self.sock.fileno() == -1
+
+    def ready(self) -> bool:
+        """Whether bytes of the next frame are here already (buffered, or waiting in the
+        socket): a reader may then go on before answering what it has."""
+        if self._decoder.buffered or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return bool(readable)
 
     def send(self, message: dict) -> None:
         self.sock.sendall(encode_frame(message))

@@ -9,9 +9,12 @@ lets an `OSError` or a library's own exception reach the session.
 
 from __future__ import annotations
 
+import builtins
 import stat as stat_mod
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
+
+from ftpproto import ProtocolError
 
 from ..config import Account
 
@@ -61,7 +64,13 @@ class Upload(Protocol):
 
     def finish(self) -> None:
         """Verify the MD5 and make the file visible under its name; raises on any failure,
-        leaving the previous file (if any) as it was."""
+        leaving the previous file (if any) as it was. The same as `seal()` then a
+        `commit_group()` of this upload alone."""
+
+    def seal(self) -> None:
+        """Verify the MD5 (and what went wrong while writing) without making anything
+        durable or visible yet; raises on a failure, keeping nothing. Then the upload
+        goes to the storage's `commit_group()`, or to `abort()`."""
 
     def abort(self) -> int:
         """Stop without publishing: what arrived is kept for a resume if the quota allows.
@@ -113,6 +122,11 @@ class Storage(Protocol):
     def home_usage(self, account: Account) -> dict:
         """The home's `used` bytes, its `quota` and what is `free` of it (None without
         a quota), and `disk_free`: what the storage under the home can still take."""
+
+    def commit_group(self, uploads: builtins.list[Upload]) -> builtins.list[ProtocolError | None]:
+        """Make sealed uploads durable and visible together (cheaper than one by one: a
+        group commit); returns each one's failure, None where it is committed. No upload
+        is visible before it is durable. Every upload is closed after."""
 
     def remove_stale_partials(self, max_age: float) -> int:
         """Delete interrupted uploads untouched for `max_age` seconds; return how many."""

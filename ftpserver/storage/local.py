@@ -31,6 +31,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -55,7 +56,7 @@ from ftpproto.io.writeback import Writeback
 from ftpproto.paths import RESERVED_PREFIX
 
 from ..config import Account, ConfigError
-from .base import Snapshot, entry
+from .base import Snapshot, Upload, entry
 from .checksums import ChecksumCache
 from .jail import DIR_FLAGS, MAX_DEPTH, READ_FLAGS, Place, files_below, open_dir, open_home, walk
 from .usage import Reservation, Usage
@@ -67,6 +68,7 @@ log = logging.getLogger("ftpserver.storage")
 PARTIAL_PREFIX = RESERVED_PREFIX + ".part."  # resumable: named after (name, size, md5)
 TEMP_PREFIX = RESERVED_PREFIX + ".tmp."  # private to one upload, never resumed
 CLAIM_WAIT = 5.0  # seconds a put waits for another session to release its partial file
+SYNC_THREADS = 8  # fsyncs of one group commit at once
 METADATA_DIR = RESERVED_PREFIX  # the server's own folder at the top of the storage root
 PATH_MAX = 4096  # a stored file's absolute path stays below this, so every tool can reach it
 WRITE_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -241,15 +243,51 @@ class LocalUpload:
 
     def finish(self) -> None:
         try:
-            if self.temp is None:
-                if self.touch:
-                    self._touch()
-                return  # the destination already holds this very file
-            if self.file is not None:
-                self._verify_received()
-            self._move_into_place()
+            self.seal()
+            self.commit()
         finally:
             self.close()
+
+    def seal(self) -> None:
+        """Check what arrived (a write error, the MD5) and give it its attributes;
+        nothing is durable or visible yet. Raises, keeping nothing, on a failure."""
+        if self.temp is not None and self.file is not None and self.temp_stat is None:
+            self._verify_received()
+
+    def sync(self) -> None:
+        """Make the sealed bytes durable; many uploads may sync at once (a group commit)."""
+        if self.temp is not None and self.file is not None and self.temp_stat is None:
+            try:
+                with os_errors(self.path):
+                    os.fsync(self.file.fileno())
+                    # A rename keeps inode, size and mtime: this is what lands under the name.
+                    self.temp_stat = os.fstat(self.file.fileno())
+                    self.file.close()
+            except ProtocolError:
+                self._discard()
+                raise
+
+    def publish(self) -> None:
+        """Give the durable file its name; its directory still needs an fsync (`commit()`)."""
+        if self.temp is None:
+            if self.touch:
+                self._touch()
+            return  # the destination already holds this very file
+        self._move_into_place()
+
+    def commit(self) -> None:
+        """Make the sealed upload durable and visible under its name."""
+        self.sync()
+        self.publish()
+        if self.temp is not None:
+            with os_errors(self.path):
+                _fsync_dir(self.place.dir_fd)
+            self.record()
+
+    def record(self) -> None:
+        """Remember the published file's MD5 (after its directory is durable)."""
+        if self.temp is not None and self.temp_stat is not None:
+            self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
 
     def abort(self) -> int:
         try:
@@ -267,10 +305,6 @@ class LocalUpload:
         try:
             with os_errors(self.path):
                 _apply_attributes(self.file.fileno(), self.mtime, self.mode)
-                os.fsync(self.file.fileno())
-                # A rename keeps inode, size and mtime: this is what lands under the name.
-                self.temp_stat = os.fstat(self.file.fileno())
-                self.file.close()
         except ProtocolError:
             self._discard()
             raise
@@ -302,10 +336,6 @@ class LocalUpload:
                 raise
             self._check_still_ours(name)
             usage.add(self.place.parts, growth)
-        with os_errors(self.path):
-            _fsync_dir(fd)
-        if self.temp_stat is not None:
-            self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
 
     def _touch(self) -> None:
         """Give the file already at the destination (its only link) the attributes asked for."""
@@ -396,6 +426,7 @@ class LocalStorage:
         self._released = threading.Condition(self._lock)
         self._claims: set[tuple[int, int, str]] = set()  # (dev, inode of the directory, name)
         self._removing: set[tuple[int, int]] = set()  # directories an `rm` is emptying
+        self._pool: ThreadPoolExecutor | None = None  # fsyncs of group commits, made when first needed
         for home in count_usage_of:
             self.usage.track(home.relative_to(self.root).parts)
 
@@ -423,7 +454,59 @@ class LocalStorage:
     def stats(self) -> dict[str, int]:
         return dict(self.checksums.stats)
 
+    def commit_group(self, group: builtins.list[Upload]) -> builtins.list[ProtocolError | None]:
+        """Commit sealed uploads together: every file fsynced at once (the filesystem
+        journals them in one go), then renamed, then each directory touched fsynced once.
+        Returns each upload's failure (None: durable and visible), in order."""
+        uploads = [upload for upload in group if isinstance(upload, LocalUpload)]
+        if len(uploads) != len(group):
+            raise TypeError("commit_group() takes this backend's own uploads")
+        results: builtins.list[ProtocolError | None] = [None] * len(uploads)
+
+        def sync(index: int) -> None:
+            try:
+                uploads[index].sync()
+            except ProtocolError as exc:
+                results[index] = exc
+
+        try:
+            list(self._sync_pool().map(sync, range(len(uploads))))
+            directories: dict[tuple[int, int], tuple[int, builtins.list[int]]] = {}
+            for index, upload in enumerate(uploads):
+                if results[index] is not None:
+                    continue
+                try:
+                    upload.publish()
+                except ProtocolError as exc:
+                    results[index] = exc
+                    continue
+                if upload.temp is not None:
+                    st = os.fstat(upload.place.dir_fd)
+                    directories.setdefault((st.st_dev, st.st_ino), (upload.place.dir_fd, []))[1].append(index)
+            for dir_fd, members in directories.values():
+                try:
+                    with os_errors(uploads[members[0]].path):
+                        _fsync_dir(dir_fd)
+                except ProtocolError as exc:  # renamed but maybe not durable: say so, as commit() would
+                    for index in members:
+                        results[index] = exc
+                    continue
+                for index in members:
+                    uploads[index].record()
+        finally:
+            for upload in uploads:
+                upload.close()
+        return results
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="fsync")
+            return self._pool
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         self.checksums.close()
         for fd in (self._meta_fd, self._root_fd):
             with contextlib.suppress(OSError):

@@ -1,0 +1,201 @@
+"""Pipelined eager puts and their group commit keep every guarantee: answers in order,
+`ok` only for durable files, nothing torn after a crash, v1 clients unaffected."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+
+import pytest
+
+from ftpproto import encode_frame
+from ftpproto.io import FrameStream, PeerClosedError, ShortReadError
+from ftpserver.storage.local import LocalStorage
+
+from .conftest import start_server_process, wait_until, write_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def eager_put(path: str, data: bytes) -> bytes:
+    return (
+        encode_frame({"op": "put", "path": path, "size": len(data), "md5": md5(data), "eager": True}) + data
+    )
+
+
+def request(stream: FrameStream, op: str, **fields: object) -> dict:
+    stream.send({"op": op, **fields})
+    return stream.recv()
+
+
+def connect(port: int) -> FrameStream:
+    stream = FrameStream(socket.create_connection(("127.0.0.1", port), timeout=10))
+    stream.recv()
+    return stream
+
+
+def test_pipelined_puts_are_committed_in_groups_and_answered_in_order(server, monkeypatch):
+    sizes: list[int] = []
+    real = LocalStorage.commit_group
+
+    def recording(self, group):
+        sizes.append(len(group))
+        return real(self, group)
+
+    monkeypatch.setattr(LocalStorage, "commit_group", recording)
+    files = {f"g/f{i:03}": os.urandom(8192) for i in range(200)}
+    stream = connect(server.port)
+    stream.send({"op": "mkdir", "path": "g"})
+    batch = b"".join(eager_put(name, data) for name, data in files.items())
+    stream.sock.sendall(batch + encode_frame({"op": "stat", "path": "g/f199"}))
+    assert stream.recv() == {"ok": True}
+    for name, data in files.items():
+        assert stream.recv() == {"ok": True, "size": len(data), "md5": md5(data)}, name
+    answer = stream.recv()
+    assert answer.get("md5") == md5(files["g/f199"]), answer  # the stat, after every put's answer
+    for name, data in files.items():
+        assert (server.root / name).read_bytes() == data
+    assert sum(sizes) == 200 and max(sizes) > 1, sizes  # not vacuous: files were committed together
+    assert not [p for p in (server.root / "g").iterdir() if p.name.startswith(".sockftp")]
+
+
+def test_a_failure_inside_a_group_is_that_puts_answer_alone(server):
+    stream = connect(server.port)
+    (server.root / "taken").write_bytes(b"already here")
+    good, other = os.urandom(4000), os.urandom(5000)
+    frames = [
+        eager_put("one", good),
+        encode_frame(  # no overwrite: refused when it would be published
+            {"op": "put", "path": "taken", "size": 3, "md5": md5(b"new"), "eager": True, "overwrite": False}
+        )
+        + b"new",
+        encode_frame({"op": "put", "path": "bad", "size": 4, "md5": md5(b"good"), "eager": True}) + b"evil",
+        eager_put("two", other),
+    ]
+    stream.sock.sendall(b"".join(frames))
+    assert stream.recv()["ok"] is True
+    assert stream.recv()["error"] == "exists"
+    assert stream.recv()["error"] == "checksum_mismatch"
+    assert stream.recv() == {"ok": True, "size": len(other), "md5": md5(other)}
+    assert (server.root / "taken").read_bytes() == b"already here" and not (server.root / "bad").exists()
+    assert (server.root / "one").read_bytes() == good and (server.root / "two").read_bytes() == other
+
+
+def test_a_v1_client_beside_a_pipelining_one_sees_nothing_new(server):
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def pipeline() -> None:
+        try:
+            stream = connect(server.port)
+            round_ = 0
+            while not stop.is_set() and round_ < 200:
+                files = [(f"p/{round_}-{i}", os.urandom(2048)) for i in range(16)]
+                stream.sock.sendall(b"".join(eager_put(n, d) for n, d in files))
+                for _, data in files:
+                    assert stream.recv()["md5"] == md5(data)
+                round_ += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    (server.root / "p").mkdir()
+    thread = threading.Thread(target=pipeline)
+    thread.start()
+    try:
+        v1 = connect(server.port)
+        for i in range(30):
+            data = os.urandom(3000 + i)
+            ack = request(v1, "put", path=f"v1-{i}", size=len(data), md5=md5(data))
+            assert ack == {"ok": True, "offset": 0}
+            v1.sock.sendall(data)
+            assert v1.recv() == {"ok": True, "size": len(data), "md5": md5(data)}
+            header = request(v1, "get", path=f"v1-{i}")
+            assert header == {"ok": True, "size": len(data), "md5": md5(data), "offset": 0}
+            v1.send({"op": "ack"})
+            received = bytearray()
+            v1.recv_data(len(data), received.extend)
+            assert bytes(received) == data
+    finally:
+        stop.set()
+        thread.join(30)
+    assert errors == [] and not thread.is_alive()
+
+
+def test_sigkill_in_the_middle_of_groups_loses_no_acknowledged_file_and_tears_none(tmp_path):
+    config = write_config(tmp_path)
+    server = start_server_process(config)
+    storage = tmp_path / "storage"
+    files = {f"k{i:04}": os.urandom(8192 + i) for i in range(3000)}
+    acknowledged: list[str] = []
+    stream = connect(server.port)
+
+    def read_answers() -> None:
+        try:
+            for name in files:
+                answer = stream.recv()
+                assert answer == {"ok": True, "size": len(files[name]), "md5": md5(files[name])}, name
+                acknowledged.append(name)
+        except (PeerClosedError, ShortReadError, ConnectionError, OSError):
+            return
+
+    reader = threading.Thread(target=read_answers)
+    reader.start()
+    sender_done = threading.Event()
+
+    def send_all() -> None:
+        try:
+            for name, data in files.items():
+                stream.sock.sendall(eager_put(name, data))
+        except OSError:
+            pass
+        sender_done.set()
+
+    sender = threading.Thread(target=send_all)
+    sender.start()
+    try:
+        assert wait_until(lambda: len(acknowledged) >= 300, 20), len(acknowledged)
+        server.process.send_signal(signal.SIGKILL)  # mid-stream, with groups in flight
+        server.process.wait(10)
+    finally:
+        reader.join(20)
+        stream.sock.close()
+        sender.join(20)
+    assert 300 <= len(acknowledged) < len(files)  # not vacuous: killed with work in flight
+    for name in acknowledged:  # every `ok` was durable and visible
+        assert (storage / name).read_bytes() == files[name], name
+    for path in storage.iterdir():  # no torn file under any final name
+        if path.name.startswith(".sockftp"):
+            continue
+        assert path.read_bytes() == files[path.name], path.name
+
+
+def test_puts_that_depend_on_each_other_in_one_batch_behave_as_one_after_the_other(server):
+    stream = connect(server.port)
+    first, second, third = b"first version", b"second version", b"below a file"
+    no_overwrite = {
+        "op": "put",
+        "path": "same",
+        "size": 5,
+        "md5": md5(b"third"),
+        "eager": True,
+        "overwrite": False,
+    }
+    stream.sock.sendall(
+        eager_put("same", first)
+        + eager_put("same", second)  # replaces the first, as if sent after its answer
+        + encode_frame(no_overwrite)
+        + b"third"  # refused: the name is taken by then
+        + eager_put("same/below", third)  # refused: "same" is a file
+    )
+    assert stream.recv()["md5"] == md5(first)
+    assert stream.recv()["md5"] == md5(second)
+    assert stream.recv()["error"] == "exists"
+    assert stream.recv()["error"] == "not_a_directory"
+    assert (server.root / "same").read_bytes() == second
