@@ -48,7 +48,7 @@ from ftpproto import (
 )
 from ftpproto.io import SENDFILE_CHUNK, BackgroundMD5, FrameStream, RateLimiter, Writeback, md5_of, new_md5
 from ftpproto.messages import check_type, validate_md5
-from ftpproto.states import answer_event
+from ftpproto.states import answer_event, exchange_kind
 
 __all__ = ["Client", "Entry", "HandshakeError", "Progress", "Transfer", "Usage", "md5_file"]
 
@@ -237,11 +237,15 @@ class Client:
             self._drop()
             raise
 
-    def _send(self, message: dict, event: Event = Event.REQUEST) -> None:
-        """Send a request (or a get's ack or cancel), which `event` records."""
-        self.conversation.send(event, message.get("op"))
+    def _send(self, message: dict, event: Event = Event.REQUEST, data: bytes = b"") -> None:
+        """Send a request (or a get's ack or cancel), which `event` records; `data`, an
+        eager put's bytes, goes in the same write right after it."""
+        kind = exchange_kind(message) if event is Event.REQUEST else None
+        self.conversation.send(event, kind)
         with self._wire():
-            self.stream.send(message)
+            self.stream.send(message, data)
+        if kind == "put eager":
+            self.conversation.send(Event.DATA_END)
 
     def _response(self) -> dict:
         with self._wire():
@@ -380,7 +384,7 @@ class Client:
                 if partial is not None:
                     partial.unlink()  # the target already holds the file
                 if preserve:
-                    _set_attributes(local, header)
+                    set_attributes(local, header)
                 return Transfer(remote, str(local), size, md5, 0, time.monotonic() - started, skipped=True)
             if partial is not None and partial.name != _partial_name(local, md5):
                 self._send({"op": "cancel"}, Event.CANCEL)  # the partial file is of another version
@@ -407,7 +411,7 @@ class Client:
                 partial.unlink()
                 raise ChecksumMismatchError(f"{remote}: downloaded data does not match the server's md5")
             if preserve:
-                _set_attributes(partial, header)  # before the rename: the file appears complete
+                set_attributes(partial, header)  # before the rename: the file appears complete
             os.replace(partial, local)
         return Transfer(remote, str(local), size, md5, size - held, time.monotonic() - started)
 
@@ -584,13 +588,14 @@ def _partial_name(local: Path, md5: str) -> str:
     return f"{PARTIAL_PREFIX}{key}-{md5}"
 
 
-def _set_attributes(local: Path, header: dict) -> None:
-    """Give a downloaded file the remote modification time, and execute permission
-    wherever it has read permission if the remote file is executable."""
-    bits = stat.S_IMODE(local.stat().st_mode) & 0o666
+def set_attributes(local: Path | int, header: dict) -> None:
+    """Give a downloaded file (a path, or an open descriptor) the remote modification
+    time, and execute permission wherever it has read permission if the remote file
+    is executable."""
+    bits = stat.S_IMODE(os.stat(local).st_mode) & 0o666
     if header["mode"] & 0o111:
         bits |= (bits & 0o444) >> 2
-    local.chmod(bits)
+    os.chmod(local, bits)
     os.utime(local, ns=(time.time_ns(), round(header["mtime"] * 1e9)))
 
 

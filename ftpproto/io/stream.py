@@ -83,8 +83,9 @@ class FrameStream:
             return False
         return bool(readable)
 
-    def send(self, message: dict) -> None:
-        self.sock.sendall(encode_frame(message))
+    def send(self, message: dict, data: bytes = b"") -> None:
+        """Send one frame, and `data` right after it in the same write (an eager put's bytes)."""
+        self.sock.sendall(encode_frame(message) + data if data else encode_frame(message))
 
     def recv(self, deadline: float | None = None) -> dict:
         """Return the next message; `PeerClosedError` on a clean end of stream.
