@@ -428,7 +428,13 @@ class Session(socketserver.BaseRequestHandler):
         group, self.group = self.group, []
         if not group:
             return
-        failures = self.storage.commit_group([pending.upload for pending in group])
+        try:
+            failures = self.storage.commit_group([pending.upload for pending in group])
+        except Exception:  # a bug: each put of the group gets `internal`, in its turn
+            log.exception("internal error committing %d uploads for %s", len(group), self.peer)
+            for pending in group:
+                pending.upload.abort()
+            failures = [InternalError("the server failed to store this file")] * len(group)
         for pending, failure in zip(group, failures, strict=True):
             if failure is None:
                 self.log_transfer("put", pending.path, pending.count, pending.started, "ok")

@@ -199,3 +199,19 @@ def test_puts_that_depend_on_each_other_in_one_batch_behave_as_one_after_the_oth
     assert stream.recv()["error"] == "exists"
     assert stream.recv()["error"] == "not_a_directory"
     assert (server.root / "same").read_bytes() == second
+
+
+def test_a_bug_in_a_group_commit_answers_internal_in_turn_and_keeps_serving(server, monkeypatch):
+    def broken(self, group):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(LocalStorage, "commit_group", broken)
+    stream = connect(server.port)
+    files = [(f"b{i}", os.urandom(1000)) for i in range(5)]
+    stream.sock.sendall(
+        b"".join(eager_put(n, d) for n, d in files) + encode_frame({"op": "stat", "path": "/"})
+    )
+    for _ in files:
+        assert stream.recv()["error"] == "internal"
+    assert stream.recv()["type"] == "dir"  # the stat, answered after them: still in step
+    assert not [p for p in server.root.iterdir() if p.name.startswith("b")]
