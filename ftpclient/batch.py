@@ -26,20 +26,37 @@ import posixpath
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ftpproto import ExistsError, ProtocolError, ProtocolMismatchError
+from ftpproto import ExistsError, ProtocolError, ProtocolMismatchError, join_path, split_path
 from ftpproto.io.pacing import RateLimiter
 from ftpproto.paths import MAX_PATH_BYTES
 
-from .client import PARTIAL_PREFIX, Client, md5_file
-from .connection import Connection, backoff, is_retryable
+from .client import PARTIAL_PREFIX, Client, Entry, md5_file
+from .connection import BUSY_RETRIES, Connection, backoff, is_busy, is_retryable
 from .errors import CLIENT_ERRORS
-from .jobs import DIRECTORY_OPS, Job, Outcome, Summary
+from .jobs import ATTRIBUTES_SET, DIRECTORY_OPS, Job, Outcome, Summary
 
-__all__ = ["Batch", "Filters", "Job", "Outcome", "Summary", "plan_get", "plan_put"]
+__all__ = [
+    "LINK_POLICIES",
+    "Batch",
+    "Filters",
+    "Job",
+    "LocalItem",
+    "Outcome",
+    "Summary",
+    "is_remote_dir",
+    "names_directory",
+    "plan_get",
+    "plan_put",
+    "remote_join",
+    "walk_local",
+    "walk_remote",
+]
+
+LINK_POLICIES = ("skip", "follow")  # --links; None (the default): follow links that stay in the tree
 
 
 @dataclass(frozen=True)
@@ -89,9 +106,17 @@ def unique_destinations(jobs: list[Job], failed: list[Outcome]) -> list[Job]:
 
 
 def plan_put(
-    sources: Iterable[str], remote_dir: str, recursive: bool, filters: Filters = Filters()
+    sources: Iterable[str],
+    remote_dir: str,
+    recursive: bool,
+    filters: Filters = Filters(),
+    links: str | None = None,
 ) -> tuple[list[Job], list[Outcome]]:
-    """Jobs for uploading `sources` (files, directories with `recursive`, globs) into `remote_dir`."""
+    """Jobs for uploading `sources` (files, directories with `recursive`, globs) into `remote_dir`.
+
+    A symbolic link named as a source is followed. One met inside a tree is followed
+    when it points into that tree; else (and with `links="skip"`, every one) it becomes
+    a job that is only reported as skipped. `links="follow"` follows every link."""
     jobs: list[Job] = []
     failed: list[Outcome] = []
     for source in sources:
@@ -100,41 +125,91 @@ def plan_put(
             paths = [Path(p) for p in sorted(glob.glob(source))]
             if not paths:
                 failed.append(
-                    _failed("put", Path(source), remote_dir, FileNotFoundError(2, "no file matches"))
+                    _failed("put", Path(source), remote_dir, FileNotFoundError(2, "no local file matches"))
                 )
         for path in paths:
             if path.is_dir():
                 if recursive:
-                    jobs += _plan_local_tree(path, remote_join(remote_dir, path.resolve().name), filters)
+                    remote_root = remote_join(remote_dir, path.resolve().name)
+                    jobs += _plan_local_tree(path, remote_root, filters, links)
                 else:
                     failed.append(
                         _failed("put", path, remote_dir, IsADirectoryError(21, "is a directory (use -r)"))
                     )
             elif not path.exists():
-                failed.append(
-                    _failed("put", path, remote_dir, FileNotFoundError(2, "No such file or directory"))
-                )
+                error = FileNotFoundError(2, "no such local file or directory")
+                failed.append(_failed("put", path, remote_dir, error))
             elif filters.keep(path.name):
                 jobs.append(Job("put", path, remote_join(remote_dir, path.name), path.stat().st_size))
     return unique_destinations(jobs, failed), failed
 
 
-def _plan_local_tree(root: Path, remote_root: str, filters: Filters) -> list[Job]:
+def _plan_local_tree(root: Path, remote_root: str, filters: Filters, links: str | None = None) -> list[Job]:
     jobs = []
-    for directory, dirs, files in os.walk(root):
+    for item in walk_local(root, links):
+        remote = remote_join(remote_root, item.relative)
+        if item.type == "dir" and not item.skip:
+            if item.empty:
+                jobs.append(Job("mkdir", item.path, remote))
+        elif filters.keep(item.relative):
+            jobs.append(Job("put", item.path, remote, None if item.skip else _size(item.path), item.skip))
+    return jobs
+
+
+@dataclass(frozen=True)
+class LocalItem:
+    """A file or directory met by `walk_local()`."""
+
+    relative: str  # its path below the root, with `/`; "" for the root itself
+    path: Path
+    type: str  # "file" (anything but a directory) or "dir"
+    skip: str = ""  # why a symlink is not followed (then nothing below it is walked)
+    empty: bool = False  # a directory with nothing in it to walk
+
+
+def walk_local(root: Path, links: str | None = None) -> Iterator[LocalItem]:
+    """Everything below the local directory `root` (itself first), parents before children,
+    names sorted; our own partial downloads left out. Symbolic links are followed, or not,
+    as `links` says (see `plan_put()`); a link back into a directory above it never is."""
+    root_real = os.path.realpath(root)
+    # The real directories each walked directory lies in, itself included: a link back into
+    # one of them would walk for ever.
+    ancestors: dict[str, frozenset[str]] = {str(root): frozenset([root_real])}
+    for directory, dirs, files in os.walk(root, followlinks=links != "skip"):
         dirs.sort()
-        relative_dir = os.path.relpath(directory, root)
-        parts = () if relative_dir == "." else Path(relative_dir).parts
-        remote_dir = remote_join(remote_root, *parts)
-        if not dirs and not files:
-            jobs.append(Job("mkdir", Path(directory), remote_dir))
-        for name in sorted(files):
+        relative = os.path.relpath(directory, root).replace(os.sep, "/")
+        relative = "" if relative == "." else relative
+        for name in list(dirs):
             path = Path(directory, name)
+            real = os.path.realpath(path)
+            reason = _unfollowed_link(path, root_real, links) if path.is_symlink() else None
+            if reason is None and real in ancestors[directory]:
+                reason = f"symlink -> {os.readlink(path)} loops back into the tree"
+            if reason is None:
+                ancestors[str(path)] = ancestors[directory] | {real}
+                continue
+            dirs.remove(name)
+            yield LocalItem(posixpath.join(relative, name), path, "dir", skip=reason)
+        yield LocalItem(relative, Path(directory), "dir", empty=not dirs and not files)
+        for name in sorted(files):
             if name.startswith(PARTIAL_PREFIX):
                 continue  # an interrupted download of ours: not the user's file
-            if filters.keep(posixpath.join(*parts, name)):
-                jobs.append(Job("put", path, remote_join(remote_dir, name), _size(path)))
-    return jobs
+            path = Path(directory, name)
+            reason = _unfollowed_link(path, root_real, links) if path.is_symlink() else None
+            yield LocalItem(posixpath.join(relative, name), path, "file", skip=reason or "")
+
+
+def _unfollowed_link(path: Path, root_real: str, links: str | None) -> str | None:
+    """Why the symlink `path`, met in the tree at `root_real`, is not uploaded; None to follow it."""
+    target = os.readlink(path)
+    if links == "skip":
+        return f"symlink -> {target} not followed (--links skip)"
+    real = os.path.realpath(path)
+    if not os.path.exists(real):
+        return f"broken symlink -> {target}"
+    if links != "follow" and os.path.commonpath([real, root_real]) != root_real:
+        return f"symlink -> {target} points outside the tree (--links follow uploads it)"
+    return None
 
 
 def _size(path: Path) -> int | None:
@@ -152,8 +227,10 @@ def plan_get(
     filters: Filters = Filters(),
 ) -> tuple[list[Job], list[Outcome]]:
     """Jobs for downloading `remotes` (files, trees with `recursive`, globs in the last
-    name). `output` names the local file for one remote file, else the directory."""
+    name). `output` names the local file for one remote file, else the directory; one
+    that ends with `/` or is a directory always names the directory."""
     remotes = list(remotes)
+    into_dir = output is not None and names_directory(output)
     output = Path(output) if output is not None else None
     base = output or Path()
     jobs: list[Job] = []
@@ -167,7 +244,7 @@ def plan_get(
                 name = posixpath.basename(path.rstrip("/"))
                 if entry_type == "file":
                     one_file = len(remotes) == 1 and len(matches) == 1
-                    local = output if one_file and output is not None and not output.is_dir() else base / name
+                    local = output if one_file and output is not None and not into_dir else base / name
                     if filters.keep(name):
                         jobs.append(Job("get", local, path, size))
                 elif recursive:
@@ -179,9 +256,27 @@ def plan_get(
     return unique_destinations(jobs, failed), failed
 
 
+def is_remote_dir(client: Client, path: str) -> bool:
+    """Whether `path` is a directory on the server (False if there is nothing there)."""
+    try:
+        return client.stat(path).type == "dir"
+    except ProtocolError as exc:
+        if exc.code != "not_found":
+            raise
+        return False
+
+
+def names_directory(local: str | os.PathLike) -> bool:
+    """Whether a local destination is a directory: it is one, or it ends with a slash."""
+    text = os.fspath(local)
+    return text.endswith(("/", os.sep)) or os.path.isdir(text)
+
+
 def _expand_remote(client: Client, remote: str) -> list[tuple[str, str, int]]:
     """(path, type, size) for `remote`, or for each name its glob matches."""
     parent, pattern = posixpath.split(remote)
+    if not glob.has_magic(pattern):
+        remote = join_path(split_path(remote))  # `/.` is the home, `a/../b` is `/b`
     if glob.has_magic(pattern):
         entries = client.ls(parent or "/")
         return [
@@ -195,25 +290,80 @@ def _expand_remote(client: Client, remote: str) -> list[tuple[str, str, int]]:
 
 def _plan_remote_tree(client: Client, remote_root: str, local_root: Path, filters: Filters) -> list[Job]:
     jobs = []
-    pending = [(remote_root, local_root, "")]
-    while pending:
-        remote_dir, local_dir, relative = pending.pop()
-        if len(remote_dir.encode()) > MAX_PATH_BYTES:
-            raise ProtocolMismatchError(f"{remote_dir[:80]}...: remote tree deeper than any valid path")
-        entries = client.ls(remote_dir)
+    for remote_dir, relative, entries in walk_remote(client, remote_root):
+        local_dir = local_root.joinpath(*relative.split("/")) if relative else local_root
         if not entries:
             jobs.append(Job("mkdir-local", local_dir, remote_dir))
         for entry in entries:
-            path, local = remote_join(remote_dir, entry.name), local_dir / entry.name
             rel = posixpath.join(relative, entry.name)
-            if entry.type == "dir":
-                pending.append((path, local, rel))
-            elif filters.keep(rel):
-                jobs.append(Job("get", local, path, entry.size))
+            if entry.type == "file" and filters.keep(rel):
+                jobs.append(
+                    Job("get", local_dir / entry.name, remote_join(remote_dir, entry.name), entry.size)
+                )
     return jobs
 
 
+def walk_remote(client: Client, root: str) -> Iterator[tuple[str, str, list[Entry]]]:
+    """(remote directory, its path below `root`, its entries) for the remote directory
+    `root` (first, as "") and every directory below it, parents before children."""
+    pending = [(root, "")]
+    while pending:
+        remote_dir, relative = pending.pop()
+        if len(remote_dir.encode()) > MAX_PATH_BYTES:
+            raise ProtocolMismatchError(f"{remote_dir[:80]}...: remote tree deeper than any valid path")
+        entries = client.ls(remote_dir)
+        yield remote_dir, relative, entries
+        for entry in reversed(entries):
+            if entry.type == "dir":
+                pending.append((remote_join(remote_dir, entry.name), posixpath.join(relative, entry.name)))
+
+
 # -- running -------------------------------------------------------------------
+
+
+class _Crew:
+    """The workers of one run: which of them got a connection, and the queue they share.
+
+    A worker that the server turns away as `busy` while others are connected hands its
+    job back and stops, so the batch settles at as many connections as the server lets
+    it have; taking the last job and leaving happen under one lock, so a handed-back job
+    always finds a worker still there to take it."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        for job in jobs:
+            self.todo.put(job)
+        self.connected = 0
+        self.lock = threading.Lock()
+
+    def take(self, joined: bool) -> Job | None:
+        """The next job; None when there is none, and then a `joined` worker has left."""
+        with self.lock:
+            try:
+                return self.todo.get_nowait()
+            except queue.Empty:
+                if joined:
+                    self.connected -= 1
+                return None
+
+    def join(self) -> None:
+        with self.lock:
+            self.connected += 1
+
+    def hand_back(self, job: Job) -> bool:
+        """Give `job` back to the connected workers, if there are any; True if taken."""
+        with self.lock:
+            if self.connected == 0:
+                return False
+            self.todo.put(job)
+            return True
+
+
+class _Worker:
+    """One worker thread's connection, and whether it ever got one."""
+
+    def __init__(self, connection: Connection, joined: bool = False) -> None:
+        self.connection, self.joined = connection, joined
 
 
 @dataclass
@@ -221,8 +371,12 @@ class Batch:
     """Runs jobs over `workers` connections made by `connect()`.
 
     `on_progress(job, done, total)` and `on_outcome(outcome)` are called from
-    worker threads (`on_outcome` one at a time). `limit_rate` caps the whole
-    batch in bytes per second; `dry_run` only says what each job would do.
+    worker threads (`on_outcome` one at a time); an exception either raises stops
+    the batch and is raised again by `run()`. `limit_rate` caps the whole batch in
+    bytes per second; `dry_run` only says what each job would do; `preserve` keeps
+    modification times and execute bits (the attributes extension). A server that
+    answers `busy` to more connections leaves the batch with fewer; with none at all,
+    each worker tries again `BUSY_RETRIES` times, backing off.
     """
 
     connect: Callable[[], Client]
@@ -234,26 +388,34 @@ class Batch:
     dry_run: bool = False
     limit_rate: int | None = None
     backoff: float = 0.5
+    preserve: bool = False
     on_progress: Callable[[Job, int, int], object] | None = None
     on_outcome: Callable[[Outcome], object] | None = None
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _aborted: threading.Event = field(default_factory=threading.Event, repr=False)
+    _error: BaseException | None = field(default=None, repr=False)
 
     def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
         """Run every job; `first_client`, if given, is used by the first worker."""
         summary = Summary()
         started = time.monotonic()
         pace = RateLimiter(self.limit_rate) if self.limit_rate else None
-        todo: queue.SimpleQueue[Job] = queue.SimpleQueue()
-        for job in jobs:
-            todo.put(job)
+        crew = _Crew(jobs)
         count = max(1, min(self.workers, len(jobs)))
-        connections = [
-            Connection(self.connect, pace=pace, client=first_client if i == 0 else None) for i in range(count)
+        workers = [
+            _Worker(
+                Connection(self.connect, pace=pace, client=first_client if i == 0 else None, busy_retries=0),
+                joined=i == 0 and first_client is not None,
+            )
+            for i in range(count)
         ]
+        for worker in workers:
+            if worker.joined:
+                crew.join()
         threads = [
-            threading.Thread(target=self._work, args=(todo, summary, connection), daemon=True)
-            for connection in connections
+            threading.Thread(target=self._work, args=(crew, summary, worker), daemon=True)
+            for worker in workers
         ]
         for thread in threads:
             thread.start()
@@ -261,46 +423,79 @@ class Batch:
             for thread in threads:
                 while thread.is_alive():
                     thread.join(0.2)  # in slices, so Ctrl-C is seen at once
-        except KeyboardInterrupt:
+                    if self._error is not None:
+                        raise self._error
+        except BaseException:
+            self._aborted.set()  # what fails from here on is the cut's doing: not reported
             self._stop.set()
-            for connection in connections:
-                connection.drop()  # unblocks a worker in the middle of a transfer
+            for worker in workers:
+                worker.connection.drop()  # unblocks a worker in the middle of a transfer
             raise
+        if self._error is not None:
+            raise self._error
         summary.seconds = time.monotonic() - started
         return summary
 
-    def _work(self, todo: queue.SimpleQueue[Job], summary: Summary, connection: Connection) -> None:
+    def _work(self, crew: _Crew, summary: Summary, worker: _Worker) -> None:
         try:
             while not self._stop.is_set():
-                try:
-                    job = todo.get_nowait()
-                except queue.Empty:
+                job = crew.take(worker.joined)
+                if job is None:
                     return
-                outcome = self._attempts(job, connection)
+                outcome = self._attempts(job, worker, crew)
+                if outcome is None or self._aborted.is_set():
+                    return  # handed its job to the connected workers (a busy server), or cut off
                 with self._report_lock:
                     summary.add(outcome)
                     if self.on_outcome is not None:
                         self.on_outcome(outcome)
                 if outcome.result == "failed" and self.fail_fast:
                     self._stop.set()
+        except BaseException as exc:  # a callback's (a closed stdout): the caller's to handle
+            if self._error is None:
+                self._error = exc
+            self._stop.set()
         finally:
-            connection.close()
+            worker.connection.close()
 
-    def _attempts(self, job: Job, connection: Connection) -> Outcome:
-        attempt = 1
+    def _attempts(self, job: Job, worker: _Worker, crew: _Crew) -> Outcome | None:
+        attempt, busy = 1, 0
         while True:
             try:
-                return self._do(job, connection.client, attempt)
+                client = worker.connection.client
+            except CLIENT_ERRORS as exc:
+                if self._stop.is_set():
+                    return Outcome(job, "failed", error=exc, attempts=attempt)
+                if is_busy(exc):
+                    if not worker.joined and crew.hand_back(job):
+                        return None
+                    if busy >= BUSY_RETRIES:
+                        return Outcome(job, "failed", error=exc, attempts=attempt)
+                    time.sleep(backoff(busy, self.backoff))
+                    busy += 1
+                    continue
+                if not is_retryable(exc) or attempt > self.retries:
+                    return Outcome(job, "failed", error=exc, attempts=attempt)
+                time.sleep(backoff(attempt - 1, self.backoff))
+                attempt += 1
+                continue
+            if not worker.joined:
+                worker.joined = True
+                crew.join()
+            try:
+                return self._do(job, client, attempt)
             except ExistsError:
                 return Outcome(job, "skipped", note="exists", attempts=attempt)
             except CLIENT_ERRORS as exc:
                 if not is_retryable(exc) or attempt > self.retries or self._stop.is_set():
                     return Outcome(job, "failed", error=exc, attempts=attempt)
-                connection.drop()
+                worker.connection.drop()
                 time.sleep(backoff(attempt - 1, self.backoff))
                 attempt += 1
 
     def _do(self, job: Job, client: Client, attempt: int) -> Outcome:
+        if job.skip:
+            return Outcome(job, "skipped", note=job.skip, attempts=attempt)
         if job.op in DIRECTORY_OPS:
             if self.dry_run:
                 return Outcome(job, "planned", note="would create directory", attempts=attempt)
@@ -316,16 +511,24 @@ class Batch:
 
         if job.op == "put":
             transfer = client.put(
-                job.local, job.remote, overwrite=not self.no_clobber, parents=self.parents, progress=progress
+                job.local,
+                job.remote,
+                overwrite=not self.no_clobber,
+                parents=self.parents,
+                progress=progress,
+                preserve=self.preserve,
+                tell_linked=True,
             )
         else:
             if self.no_clobber and job.local.exists():
                 return Outcome(job, "skipped", note="exists", attempts=attempt)
             job.local.parent.mkdir(parents=True, exist_ok=True)
-            transfer = client.get(job.remote, job.local, progress=progress)
+            transfer = client.get(job.remote, job.local, progress=progress, preserve=self.preserve)
         if transfer.skipped:
-            note = "identical" if job.op == "get" else "already on the server"
+            note = f"identical{ATTRIBUTES_SET if self.preserve else ''}"
             return Outcome(job, "skipped", transfer, note=note, attempts=attempt)
+        if transfer.linked:
+            return Outcome(job, "ok", transfer, note="linked", attempts=attempt)
         return Outcome(job, "ok", transfer, attempts=attempt)
 
     def _preview(self, client: Client, job: Job) -> str:

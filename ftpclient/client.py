@@ -85,11 +85,14 @@ class Entry:
     mode: int | None = None  # permission bits, from a server with the attributes extension
 
     @classmethod
-    def from_message(cls, message: dict) -> Entry:
+    def from_message(cls, message: dict, home: bool = False) -> Entry:
+        """An entry from an `ls` page or a `stat` answer. With `home` (a stat), the empty
+        name of the home itself is accepted: no download is ever named after it."""
         try:
             md5, mode = message.get("md5"), message.get("mode")
+            name = message.get("name")
             return cls(
-                name=_safe_name(message.get("name")),
+                name="" if home and name == "" else _safe_name(name),
                 type=message["type"] if message.get("type") in ("file", "dir") else "file",
                 size=check_type("size", message.get("size"), "int"),
                 mtime=float(message.get("mtime", 0)),
@@ -139,7 +142,11 @@ def _optional_count(answer: dict, name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Transfer:
-    """What one `get` or `put` did. `sent` counts bytes that crossed the network."""
+    """What one `get` or `put` did. `sent` counts bytes that crossed the network.
+
+    `skipped`: the destination already held this exact file, nothing was sent.
+    `linked` (put only): the destination did not hold it, but the server had the same
+    content elsewhere in the home and linked it into place (an instant upload)."""
 
     remote: str
     local: str
@@ -148,6 +155,7 @@ class Transfer:
     sent: int
     seconds: float
     skipped: bool = False
+    linked: bool = False
 
 
 def md5_file(path: str | os.PathLike) -> str:
@@ -298,7 +306,7 @@ class Client:
     def stat(self, path: str) -> Entry:
         answer = self._request("stat", path=path)
         with self._wire():
-            return Entry.from_message(answer)
+            return Entry.from_message(answer, home=True)
 
     def mkdir(self, path: str, parents: bool = False) -> None:
         self._request("mkdir", path=path, parents=parents)
@@ -396,9 +404,15 @@ class Client:
             # not known to be a prefix of this download.
             with self._wire(), open(partial, "a+b" if held else "w+b") as file:
                 digest = new_md5(size - held, md5_of(file, held))
+                writeback = Writeback(file, held)
+
+                def write(chunk: memoryview) -> None:
+                    file.write(chunk)
+                    writeback.wrote(len(chunk))
+
                 try:
                     self._send({"op": "ack"}, Event.ACK)
-                    self._receive(file, digest, held, size, progress)
+                    self._receive(write, digest, held, size, progress)
                     self.conversation.receive(Event.DATA_END)
                     file.flush()
                     os.fsync(file.fileno())
@@ -414,6 +428,28 @@ class Client:
                 set_attributes(partial, header)  # before the rename: the file appears complete
             os.replace(partial, local)
         return Transfer(remote, str(local), size, md5, size - held, time.monotonic() - started)
+
+    def get_stream(self, remote: str, out: BinaryIO, progress: Progress | None = None) -> Transfer:
+        """Download `remote` into the open binary stream `out` (stdout, a pipe) as it
+        arrives, hashing it on the way. The bytes are out before the MD5 can be compared:
+        a mismatch raises `ChecksumMismatchError` after them, and nothing is kept to resume.
+        A failing `out` (a closed pipe) drops the connection in the middle of the data."""
+        started = time.monotonic()
+        header = self._get_header(remote, 0)
+        size, md5 = header["size"], header["md5"]
+        digest = new_md5(size)
+        with self._wire():
+            try:
+                self._send({"op": "ack"}, Event.ACK)
+                self._receive(out.write, digest, 0, size, progress)
+                self.conversation.receive(Event.DATA_END)
+            except BaseException:
+                digest.close()
+                raise
+        out.flush()
+        if digest.hexdigest() != md5:
+            raise ChecksumMismatchError(f"{remote}: the data written out does not match the server's md5")
+        return Transfer(remote, "-", size, md5, size, time.monotonic() - started)
 
     def _get_header(self, remote: str, offset: int, attributes: bool = False) -> dict:
         fields: dict[str, object] = {"path": remote, "offset": offset}
@@ -435,14 +471,18 @@ class Client:
         return header
 
     def _receive(
-        self, file: BinaryIO, digest: BackgroundMD5, done: int, size: int, progress: Progress | None
+        self,
+        write: Callable[[memoryview], object],
+        digest: BackgroundMD5,
+        done: int,
+        size: int,
+        progress: Progress | None,
     ) -> None:
-        writeback = Writeback(file, done)
+        """The data phase of a get: `size - done` bytes to `write`, hashed on the way."""
 
         def consume(chunk: memoryview) -> None:
             nonlocal done
-            file.write(chunk)
-            writeback.wrote(len(chunk))
+            write(chunk)
             digest.update(chunk)
             done += len(chunk)
             if progress is not None:
@@ -469,11 +509,17 @@ class Client:
         parents: bool = False,
         progress: Progress | None = None,
         preserve: bool = False,
+        tell_linked: bool = False,
     ) -> Transfer:
         """Upload `local` to `remote`, verified. Sends only what the server lacks:
         nothing if it holds this exact file, the rest if an earlier upload broke off.
         With `preserve` (the attributes extension), the stored file keeps the local
-        modification time and execute bits."""
+        modification time and execute bits.
+
+        A server that has every byte already answers the same whether the destination
+        held this file (`skipped`) or it linked identical content from elsewhere in the
+        home (an instant upload). `tell_linked` stats the destination first, one more
+        request, to report the second as `linked`; without it, both count as skipped."""
         started = time.monotonic()
         if preserve:
             self._need("attributes")
@@ -482,8 +528,15 @@ class Client:
             size = st.st_size
             md5 = md5_of(file).hexdigest()
             attributes = {"mtime": st.st_mtime_ns / 1e9, "mode": stat.S_IMODE(st.st_mode)} if preserve else {}
-            # offset == size tells "already there" for a non-empty file only; ask about an empty one.
-            was_there = size == 0 and self._holds_empty_file(remote)
+            # offset == size means "already there" or "linked from elsewhere in the home" (an
+            # instant upload); what the destination held before tells the two apart. Without
+            # `tell_linked`, ask only about an empty file (offset == size says nothing of it).
+            before = self._stat_or_none(remote) if tell_linked or size == 0 else None
+            was_there = (
+                before is not None
+                and (before.type, before.size) == ("file", size)
+                and before.md5 in (None, md5)
+            )
             # Before its ack the server may hash up to `size` bytes (a held partial, or the
             # destination): allow for that at a modest 50 MB/s on top of the usual timeout.
             timeout = self.stream.timeout
@@ -518,17 +571,19 @@ class Client:
         result = self._response()
         if result.get("md5") != md5 or result.get("size") != size:
             raise ChecksumMismatchError(f"{remote}: the server stored a different file than was sent")
-        skipped = offset == size and (size > 0 or was_there)
-        return Transfer(remote, str(local), size, md5, size - offset, time.monotonic() - started, skipped)
+        skipped = offset == size and (was_there or (size > 0 and not tell_linked))
+        linked = offset == size and size > 0 and not skipped
+        seconds = time.monotonic() - started
+        return Transfer(remote, str(local), size, md5, size - offset, seconds, skipped, linked)
 
-    def _holds_empty_file(self, remote: str) -> bool:
+    def _stat_or_none(self, remote: str) -> Entry | None:
+        """The entry at `remote`, or None where there is none (or it cannot be seen)."""
         try:
-            entry = self.stat(remote)
+            return self.stat(remote)
         except ProtocolError as exc:
             if exc.closes:
                 raise
-            return False
-        return entry.type == "file" and entry.size == 0
+            return None
 
 
 class _DownloadLock:

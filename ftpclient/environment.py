@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 __all__ = ["Environment", "config_dir_of", "expand_home", "state_dir_of"]
 
@@ -62,6 +62,15 @@ class Environment:
         self.config_dir = config_dir_of(self.environ) if config_dir is None else config_dir
         self.state_dir = state_dir_of(self.environ) if state_dir is None else state_dir
 
+    def stdout_bytes(self) -> BinaryIO:
+        """stdout for bytes (`cat`, `get -o -`), after what was written to it as text."""
+        self.stdout.flush()
+        return _binary(self.stdout, "stdout")
+
+    def stdin_bytes(self) -> BinaryIO:
+        """stdin for bytes (`put - REMOTE`)."""
+        return _binary(self.stdin, "stdin")
+
     def ask_password(self, prompt: str) -> str:
         """A password typed by the user: without echo on this process's terminal,
         else (an injected stdin) the next line of stdin."""
@@ -70,6 +79,13 @@ class Environment:
         self.stderr.write(prompt)
         self.stderr.flush()
         return self.stdin.readline().rstrip("\r\n")
+
+
+def _binary(stream: TextIO, name: str) -> BinaryIO:
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        raise OSError(f"{name} takes text only here, not bytes")
+    return buffer
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ftpproto import ProtocolError
 
-__all__ = ["CLIENT_ERRORS", "ConnectFailedError", "UsageError"]
+__all__ = ["CLIENT_ERRORS", "ConnectFailedError", "OutputClosedError", "UsageError"]
 
 CLIENT_ERRORS: tuple[type[Exception], ...] = (ProtocolError, OSError)
 
@@ -28,3 +28,9 @@ class ConnectFailedError(ConnectionError):
 
 class UsageError(Exception):
     """A mistake in what the user typed: exit status 2 on the command line, one error line in the shell."""
+
+
+class OutputClosedError(Exception):
+    """Nobody reads stdout any more (`ftpclient ls | head -1`): the run stops quietly,
+    with the status of a process ended by SIGPIPE. Not one of `CLIENT_ERRORS`, so that
+    no per-file error handler takes it for a failed file."""

@@ -11,10 +11,11 @@ import time
 
 from ftpproto import ProtocolError
 
-from .client import Entry, Transfer
-from .jobs import Outcome, Summary
+from .client import Entry, Transfer, Usage
+from .jobs import ATTRIBUTES_SET, Outcome, Summary
 
 __all__ = [
+    "LINKED",
     "entry_record",
     "error_record",
     "human_size",
@@ -27,9 +28,12 @@ __all__ = [
     "summary_line",
     "summary_record",
     "transfer_line",
+    "usage_lines",
+    "usage_record",
 ]
 
 Record = dict[str, object]
+LINKED = "linked from identical content, nothing sent"  # an instant upload
 
 
 # -- errors ----------------------------------------------------------------------
@@ -73,18 +77,42 @@ def entry_record(path: str, entry: Entry) -> Record:
     }
     if entry.md5 is not None:
         record["md5"] = entry.md5
+    if entry.mode is not None:
+        record["mode"] = entry.mode
     return record
 
 
-def long_line(entry: Entry) -> str:
+def long_line(entry: Entry, human: bool = False, name: str | None = None) -> str:
+    """`ls -l`: type, size (`human`: in KiB, MiB, ...), time, and the name (or `name`)."""
     when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.mtime))
-    size = "-" if entry.type == "dir" else str(entry.size)
-    name = entry.name + ("/" if entry.type == "dir" else "")
-    return f"{entry.type[0]} {size:>12}  {when}  {name}"
+    size = "-" if entry.type == "dir" else human_size(entry.size) if human else str(entry.size)
+    return f"{entry.type[0]} {size:>12}  {when}  {short_line(entry, name)}"
 
 
-def short_line(entry: Entry) -> str:
-    return entry.name + ("/" if entry.type == "dir" else "")
+def short_line(entry: Entry, name: str | None = None) -> str:
+    """`ls`: the name (or `name`, a path below the listed directory), `/` after a directory's."""
+    return (entry.name if name is None else name) + ("/" if entry.type == "dir" else "")
+
+
+def usage_lines(usage: Usage, human: bool) -> list[str]:
+    """`df`: a header and one row: used, quota, free of it, and the storage's free space."""
+
+    def size(count: int | None) -> str:
+        return "-" if count is None else human_size(count) if human else str(count)
+
+    columns = [size(usage.used), size(usage.quota), size(usage.free), size(usage.disk_free)]
+    header = ["used", "quota", "free", "disk free"]
+    return ["  ".join(f"{cell:>12}" for cell in row) for row in (header, columns)]
+
+
+def usage_record(usage: Usage) -> Record:
+    return {
+        "op": "df",
+        "used": usage.used,
+        "quota": usage.quota,
+        "free": usage.free,
+        "disk_free": usage.disk_free,
+    }
 
 
 def stat_line(path: str, entry: Entry) -> str:
@@ -98,8 +126,10 @@ def stat_line(path: str, entry: Entry) -> str:
 
 def transfer_line(op: str, source: str, target: str, transfer: Transfer) -> str:
     """The shell's line for one `get` or `put`."""
-    if not transfer.skipped:
-        note = ""
+    if transfer.linked:
+        note = f" ({LINKED})"
+    elif not transfer.skipped:
+        note = _resumed(transfer)
     elif op == "get":
         note = " (identical, skipped)"
     else:
@@ -128,38 +158,54 @@ def outcome_line(outcome: Outcome) -> str:
     if job.op.startswith("mkdir"):
         return f"{job.op}: {job.remote if job.op == 'mkdir' else job.local}: {outcome.note}"
     arrow = f"{job.remote} -> {job.local}" if job.op == "get" else f"{job.local} -> {job.remote}"
+    if job.skip:
+        return f"{job.op}: {job.local}: skipped: {job.skip}"
     if outcome.result == "planned" or transfer is None:
         return f"{job.op}: {arrow}: {outcome.note or outcome.result}"
     if outcome.result == "skipped":
-        return f"{job.op}: {arrow}: identical file already there, nothing sent"
-    resumed = (
-        f", resumed after {human_size(transfer.size - transfer.sent)}"
-        if transfer.sent < transfer.size
-        else ""
-    )
-    return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}{resumed}"
+        attributes = ATTRIBUTES_SET if outcome.note.endswith(ATTRIBUTES_SET) else ""
+        return f"{job.op}: {arrow}: identical file already there, nothing sent{attributes}"
+    if transfer.linked:
+        return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}, {LINKED}"
+    return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}{_resumed(transfer)}"
 
 
-def summary_record(summary: Summary, dry_run: bool) -> Record:
+def _resumed(transfer: Transfer) -> str:
+    held = transfer.size - transfer.sent
+    return f", resumed after {human_size(held)}" if held > 0 else ""
+
+
+def summary_record(summary: Summary, dry_run: bool, deletes: bool = False) -> Record:
     record: Record = {
         "op": "summary",
         "sent": summary.sent,
+        "linked": summary.linked,
         "skipped": summary.skipped,
         "failed": summary.failed,
         "bytes": summary.bytes,
         "seconds": round(summary.seconds, 6),
         "rate": round(summary.rate),
     }
+    if deletes:
+        record["deleted"] = summary.deleted
     if dry_run:
         record["dry_run"] = True
     return record
 
 
-def summary_line(summary: Summary, dry_run: bool) -> str:
+def summary_line(summary: Summary, dry_run: bool, op: str = "put", deletes: bool = False) -> str:
+    """The last line of a batch: `sent` for uploads, `fetched` for downloads (`get`)."""
+    verb = "fetched" if op == "get" else "sent"
+    deleted = f", delete {summary.deleted}" if deletes else ""
     if dry_run:
-        return f"dry run: would transfer {summary.sent} files, skip {summary.skipped}, {summary.failed} failed; nothing moved"
+        return (
+            f"dry run: would transfer {summary.sent} files, skip {summary.skipped}{deleted}, "
+            f"{summary.failed} failed; nothing changed"
+        )
+    linked = f", linked {summary.linked}" if summary.linked else ""
+    deleted = f", deleted {summary.deleted}" if deletes else ""
     rate = f"{human_size(int(summary.rate))}/s"
     return (
-        f"sent {summary.sent} files, skipped {summary.skipped}, failed {summary.failed}: "
+        f"{verb} {summary.sent} files{linked}, skipped {summary.skipped}{deleted}, failed {summary.failed}: "
         f"{human_size(summary.bytes)} in {summary.seconds:.1f}s ({rate})"
     )

@@ -15,6 +15,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from .formatting import human_size
+
 __all__ = ["BatchBar", "NullBar", "TransferBar", "batch_bar", "progress_bar", "write_line"]
 
 
@@ -24,18 +26,37 @@ def write_line(text: str, stream: TextIO) -> None:
     stream.flush()
 
 
+class _BinaryBar(tqdm):
+    """A tqdm bar that writes its byte counts and rate in binary units (KiB, MiB/s), as it
+    counts them: tqdm's own scaling divides counts by 1024 but labels them kB and MB."""
+
+    @property
+    def format_dict(self) -> dict:
+        values = dict(super().format_dict)
+        rate = values["rate"]
+        elapsed = values["elapsed"]
+        if rate is None and elapsed:
+            rate = (values["n"] - values["initial"]) / elapsed
+        values["n_binary"] = human_size(int(values["n"]))
+        values["total_binary"] = "?" if values["total"] is None else human_size(int(values["total"]))
+        values["rate_binary"] = "?" if rate is None else f"{human_size(int(rate))}/s"
+        return values
+
+
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_binary}/{total_binary} [{elapsed}<{remaining}, {rate_binary}]{postfix}"
+
+
 def _bytes_bar(total: int, label: str, stream: TextIO, initial: int = 0) -> tqdm:
     """A bar counting bytes (size, rate, ETA) on `stream`, cleared when closed."""
-    return tqdm(
+    return _BinaryBar(
         total=total,
         initial=initial,
         desc=label,
         unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
         file=stream,
         leave=False,
         dynamic_ncols=True,
+        bar_format=BAR_FORMAT,
     )
 
 
@@ -72,16 +93,17 @@ def progress_bar(label: str, stream: TextIO, enabled: bool) -> TransferBar | Nul
 
 
 class BatchBar:
-    """One bar for a whole batch: bytes moved of all files, files done, the current file."""
+    """One bar for a whole batch: bytes moved of all files, files done (and failed), the current file."""
 
     def __init__(self, files: int, total_bytes: int, stream: TextIO) -> None:
-        self.files, self.done_files = files, 0
+        self.files, self.done_files, self.failed_files = files, 0, 0
         self._lock = threading.Lock()
         self._seen: dict[object, int] = {}
         self._bar = _bytes_bar(total_bytes, self._description(), stream)
 
     def _description(self) -> str:
-        return f"{self.done_files}/{self.files} files"
+        failed = f" ({self.failed_files} failed)" if self.failed_files else ""
+        return f"{self.done_files}/{self.files} files{failed}"
 
     def progress(self, job: object, done: int, total: int) -> None:
         with self._lock:
@@ -90,13 +112,23 @@ class BatchBar:
             self._bar.update(delta)
             self._bar.set_postfix_str(posixpath.basename(str(getattr(job, "remote", ""))), refresh=False)
 
-    def finished(self, job: object, size: int | None) -> None:
+    def finished(self, job: object, size: int | None, failed: bool = False) -> None:
+        """A file is done. A skipped one's bytes count as dealt with; a failed one's do not,
+        and it is counted apart: the bar never shows 100% over failures."""
         with self._lock:
-            self.done_files += 1
-            missing = (size or 0) - self._seen.pop(job, 0)
-            if missing > 0:  # skipped or failed: its bytes count as dealt with
-                self._bar.update(missing)
+            moved = self._seen.pop(job, 0)
+            if failed:
+                self.failed_files += 1
+            else:
+                self.done_files += 1
+                if (size or 0) > moved:
+                    self._bar.update((size or 0) - moved)
             self._bar.set_description(self._description(), refresh=True)
+
+    def write(self, text: str) -> None:
+        """A line on the bar's stream (an error), above the bar rather than inside it."""
+        with self._lock:
+            self._bar.write(text, file=self._bar.fp)
 
     def close(self) -> None:
         self._bar.close()
@@ -106,7 +138,7 @@ class NullBatchBar:
     def progress(self, job: object, done: int, total: int) -> None:
         pass
 
-    def finished(self, job: object, size: int | None) -> None:
+    def finished(self, job: object, size: int | None, failed: bool = False) -> None:
         pass
 
     def close(self) -> None:

@@ -1,47 +1,66 @@
 """`ftpclient shell`: an interactive session over one connection.
 
     sockftp:/> cd reports
-    sockftp:/reports> get q3.pdf
+    sockftp:/reports> mget 'q*.pdf'
+    sockftp:/reports> lcd ~/notes
     sockftp:/reports> put notes.txt
 
-Commands: cd, pwd, ls, get, put, mkdir, rm, help, exit. Remote names
-complete with Tab; history is kept in `$XDG_STATE_HOME/sockftp/history`
-(`~/.local/state/...`). Errors are printed as one line and the session goes
-on; `exit` (or end of input) ends it. The shell reads and writes only the
-streams of the `Environment` it is given.
+Remote commands: cd, pwd, ls, get, put, mget, mput, mkdir, rm, mv (rename), df;
+local ones: lcd, lpwd, lls; and help, exit. Names complete with Tab (remote ones,
+local ones for put, mput, lcd and lls), spaces and quotes escaped with a backslash;
+history is kept in `$XDG_STATE_HOME/sockftp/history` (`~/.local/state/...`).
+Errors are printed as one line and the session goes on; Ctrl-C stops the
+command under way (a transfer keeps what it moved, and the same get or put
+resumes it) and returns to the prompt; a connection lost or cut is made again
+by the next command; `exit` (or end of input) ends the session. The shell
+reads and writes only the streams of the `Environment` it is given; local
+paths are relative to its own local directory (`lcd`), not the process's.
 """
 
 from __future__ import annotations
 
 import cmd
+import fnmatch
+import glob
 import os
 import posixpath
+import re
 import shlex
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
 
-from ftpproto import join_path, split_path
+from ftpproto import NotEmptyError, join_path, split_path
 
-from .client import Client
-from .environment import Environment
+from .batch import is_remote_dir
+from .client import Client, Transfer
+from .connection import Connection
+from .environment import Environment, expand_home
 from .errors import CLIENT_ERRORS, UsageError
-from .formatting import long_line, reason, short_line, transfer_line
+from .formatting import long_line, reason, short_line, transfer_line, usage_lines
 from .progress import progress_bar
 
 __all__ = ["Shell"]
 
+_ESCAPED = " \t\n'\"\\"  # what a name needs a backslash before, to stay one word
+
 
 class Shell(cmd.Cmd):
-    """The session over `client`; with no `env`, on this process's terminal."""
+    """The session over `connection` (a `Client` is taken as one that cannot reconnect);
+    with no `env`, on this process's terminal."""
 
     intro: str | None = "sockftp shell: type help for commands, exit to leave."
 
-    def __init__(self, client: Client, env: Environment | None = None) -> None:
+    def __init__(self, connection: Connection | Client, env: Environment | None = None) -> None:
         self.env = Environment() if env is None else env
         super().__init__(stdin=self.env.stdin, stdout=self.env.stdout)
-        self.client = client
+        if isinstance(connection, Client):
+            connection = Connection(_cannot_reconnect, client=connection)
+        self.conn = connection
         self.cwd = "/"
+        self.lcwd = Path.cwd()
         self.failed = False
         self.interactive = self.env.stdin_isatty
         self.use_rawinput = self.interactive and self.env.stdin is sys.stdin  # input() reads sys.stdin
@@ -50,11 +69,16 @@ class Shell(cmd.Cmd):
             self.intro = None
 
     @property
+    def client(self) -> Client:
+        """The connection, made again if it was lost or cut."""
+        return self.conn.client
+
+    @property
     def prompt(self) -> str:  # type: ignore[override]
         return f"sockftp:{self.cwd}> " if self.interactive else ""
 
     def run(self) -> bool:
-        """Run until exit; True if no command failed."""
+        """Run until exit; True if no command failed. Ctrl-C at the prompt gives a new one."""
         readline = _readline() if self.use_rawinput else None
         history = self.env.state_dir / "history"
         if readline is not None:
@@ -62,9 +86,15 @@ class Shell(cmd.Cmd):
             if history.exists():
                 readline.read_history_file(history)
         try:
-            self.cmdloop()
-        except KeyboardInterrupt:
-            self.stdout.write("\n")
+            while True:
+                try:
+                    self.cmdloop()
+                    break
+                except KeyboardInterrupt:
+                    self.stdout.write("\n")
+                    self.intro = None
+                    if not self.interactive:
+                        break
         finally:
             if readline is not None:
                 history.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +109,12 @@ class Shell(cmd.Cmd):
         `forbidden`, never quietly clamped to `/`."""
         return join_path(split_path(posixpath.join(self.cwd, name)))
 
+    def local(self, name: str) -> Path:
+        """A local path from what the user typed, relative to the local directory (`lcd`);
+        left relative while that is the process's own, so that it reads as typed."""
+        path = Path(expand_home(name, self.env.environ))
+        return path if self.lcwd == Path.cwd() else self.lcwd / path
+
     def say(self, text: str) -> None:
         self.stdout.write(text + "\n")
 
@@ -86,34 +122,37 @@ class Shell(cmd.Cmd):
         print(f"error: {text}", file=self.env.stderr, flush=True)
 
     def onecmd(self, line: str) -> bool:
-        """Run one command; a failure is one error line, and the session goes on
-        unless it closed the connection."""
+        """Run one command; a failure is one error line, and the session goes on."""
         try:
             return super().onecmd(line)
         except UsageError as exc:
             return self.failure(exc)
         except CLIENT_ERRORS as exc:
             return self.failure(exc)
+        except KeyboardInterrupt:
+            self.failed = True
+            self.conn.settle()  # cut in the middle of an exchange: the next command reconnects
+            self.error("interrupted; a get or put run again resumes where it stopped")
+            return False
 
     def failure(self, exc: Exception) -> bool:
         self.failed = True
         self.error(reason(exc, with_filename=True))
-        if self.client.closed:
-            self.error("the connection is closed; exit and start again")
-            return True
+        if self.conn.closed:
+            self.error("the connection was lost; the next command connects again")
         return False
 
     def emptyline(self) -> bool:
         return False
 
     def get_names(self) -> list[str]:
-        """The commands `help` lists: not EOF, nor quit (exit's twin)."""
-        return [name for name in super().get_names() if name not in ("do_EOF", "do_quit")]
+        """The commands `help` lists: not EOF, nor quit (exit's twin), nor rename (mv's)."""
+        return [name for name in super().get_names() if name not in ("do_EOF", "do_quit", "do_rename")]
 
     def default(self, line: str) -> NoReturn:
         raise UsageError(f"unknown command {line.split()[0]!r}; type help")
 
-    # -- commands --------------------------------------------------------------
+    # -- remote commands -------------------------------------------------------
 
     def do_pwd(self, arg: str) -> None:
         """pwd: print the remote working directory"""
@@ -127,47 +166,130 @@ class Shell(cmd.Cmd):
         self.cwd = target
 
     def do_ls(self, arg: str) -> None:
-        """ls [-l] [PATH]: list a remote directory (-l: type, size and time)"""
-        names = _words(arg)
-        long = "-l" in names
-        for entry in self.client.ls(self.path(_one([n for n in names if n != "-l"], default=""))):
-            self.say(long_line(entry) if long else short_line(entry))
+        """ls [-l] [-h] [PATH]: list a remote directory (-l: type, size and time; -h: sizes in KiB, MiB)"""
+        flags, names = _flags(_words(arg), "lh")
+        for entry in self.client.ls(self.path(_one(names, default=""))):
+            long = "l" in flags or "h" in flags
+            self.say(long_line(entry, "h" in flags) if long else short_line(entry))
 
     def do_get(self, arg: str) -> None:
-        """get REMOTE [LOCAL]: download a file"""
+        """get REMOTE [LOCAL]: download a file (into LOCAL, a file or a local directory)"""
         names = _words(arg)
         if not 1 <= len(names) <= 2:
             raise UsageError("usage: get REMOTE [LOCAL]")
-        remote = self.path(names[0])
-        local = names[1] if len(names) == 2 else posixpath.basename(remote)
-        bar = progress_bar(posixpath.basename(remote), self.env.stderr, self.bars)
-        try:
-            transfer = self.client.get(remote, local, progress=bar)
-        finally:
-            bar.close()
-        self.say(transfer_line("get", remote, local, transfer))
+        self.fetch(self.path(names[0]), names[1] if len(names) == 2 else None)
 
     def do_put(self, arg: str) -> None:
-        """put LOCAL [REMOTE]: upload a file"""
+        """put LOCAL [REMOTE]: upload a file (to REMOTE, a file or a remote directory)"""
         names = _words(arg)
         if not 1 <= len(names) <= 2:
             raise UsageError("usage: put LOCAL [REMOTE]")
-        local = names[0]
-        remote = self.path(names[1] if len(names) == 2 else os.path.basename(local))
-        bar = progress_bar(os.path.basename(local), self.env.stderr, self.bars)
+        self.send(self.local(names[0]), names[1] if len(names) == 2 else None)
+
+    def do_mget(self, arg: str) -> None:
+        """mget PATTERN...: download every remote file the patterns match (quote them: mget '*.pdf')"""
+        patterns = _words(arg)
+        if not patterns:
+            raise UsageError("usage: mget PATTERN...")
+        for pattern in patterns:
+            remote = self.path(pattern)
+            directory, name = posixpath.split(remote)
+            if not glob.has_magic(name):
+                self.fetch(remote, None)
+                continue
+            matched = [
+                e for e in self.client.ls(directory) if e.type == "file" and fnmatch.fnmatchcase(e.name, name)
+            ]
+            if not matched:
+                raise UsageError(f"mget: no remote file matches {pattern}")
+            for entry in matched:
+                self.fetch(posixpath.join(directory, entry.name), None)
+
+    def do_mput(self, arg: str) -> None:
+        """mput PATTERN...: upload every local file the patterns match"""
+        patterns = _words(arg)
+        if not patterns:
+            raise UsageError("usage: mput PATTERN...")
+        for pattern in patterns:
+            matched = sorted(glob.glob(expand_home(pattern, self.env.environ), root_dir=self.lcwd))
+            files = [name for name in matched if self.local(name).is_file()]
+            if not files:
+                raise UsageError(f"mput: no local file matches {pattern}")
+            for name in files:
+                self.send(self.local(name), None)
+
+    def fetch(self, remote: str, local_name: str | None) -> None:
+        local = self.local(local_name) if local_name is not None else self.lcwd
+        if local.is_dir():
+            local = local / posixpath.basename(remote)
+        self.transfer("get", remote, str(local), lambda bar: self.client.get(remote, local, progress=bar))
+
+    def send(self, local: Path, remote_name: str | None) -> None:
+        remote = self.path(remote_name if remote_name is not None else local.name)
+        if remote_name is not None and (remote_name.endswith("/") or is_remote_dir(self.client, remote)):
+            remote = posixpath.join(remote, local.name)
+        self.transfer(
+            "put",
+            str(local),
+            remote,
+            lambda bar: self.client.put(local, remote, progress=bar, tell_linked=True),
+        )
+
+    def transfer(self, op: str, source: str, target: str, run: Callable[..., Transfer]) -> None:
+        bar = progress_bar(posixpath.basename(source), self.env.stderr, self.bars)
         try:
-            transfer = self.client.put(local, remote, progress=bar)
+            transfer = run(bar)
         finally:
             bar.close()
-        self.say(transfer_line("put", local, remote, transfer))
+        self.say(transfer_line(op, source, target, transfer))
 
     def do_mkdir(self, arg: str) -> None:
         """mkdir DIR: create a remote directory (and its parents)"""
         self.client.mkdir(self.path(_one(_words(arg))), parents=True)
 
     def do_rm(self, arg: str) -> None:
-        """rm PATH: remove a remote file or empty directory"""
-        self.client.rm(self.path(_one(_words(arg))))
+        """rm [-r] PATH: remove a remote file or empty directory (-r: a directory and all it holds)"""
+        flags, names = _flags(_words(arg), "r")
+        try:
+            self.client.rm(self.path(_one(names)), recursive="r" in flags)
+        except NotEmptyError as exc:
+            raise NotEmptyError(f"{exc.message} (rm -r removes it with all it holds)") from None
+
+    def do_mv(self, arg: str) -> None:
+        """mv [-f] OLD NEW: rename or move a remote file or directory (into NEW if it is a directory; -f replaces)"""
+        flags, names = _flags(_words(arg), "f")
+        if len(names) != 2:
+            raise UsageError("usage: mv [-f] OLD NEW")
+        source, target = self.path(names[0]), self.path(names[1])
+        if names[1].endswith("/") or is_remote_dir(self.client, target):
+            target = posixpath.join(target, posixpath.basename(source))
+        self.client.rename(source, target, overwrite="f" in flags)
+
+    do_rename = do_mv
+
+    def do_df(self, arg: str) -> None:
+        """df: the space used, the quota and what is free (sizes in KiB, MiB, ...)"""
+        for line in usage_lines(self.client.usage(), human=True):
+            self.say(line)
+
+    # -- local commands --------------------------------------------------------
+
+    def do_lpwd(self, arg: str) -> None:
+        """lpwd: print the local working directory"""
+        self.say(str(self.lcwd))
+
+    def do_lcd(self, arg: str) -> None:
+        """lcd [DIR]: change the local working directory (no DIR: your home)"""
+        target = self.local(_one(_words(arg), default="~")).resolve()
+        if not target.is_dir():
+            raise UsageError(f"{target} is not a local directory")
+        self.lcwd = target
+
+    def do_lls(self, arg: str) -> None:
+        """lls [DIR]: list a local directory"""
+        directory = self.local(_one(_words(arg), default="."))
+        for name in sorted(os.listdir(directory)):
+            self.say(name + ("/" if (directory / name).is_dir() else ""))
 
     def do_exit(self, arg: str) -> bool:
         """exit: end the session"""
@@ -180,9 +302,10 @@ class Shell(cmd.Cmd):
             self.say("")
         return True
 
-    # -- completion of remote names --------------------------------------------
+    # -- completion ------------------------------------------------------------
 
     def complete_remote(self, text: str) -> list[str]:
+        """Remote names that complete `text` (a path as typed, unescaped)."""
         directory, _, partial = text.rpartition("/")
         try:
             entries = self.client.ls(self.path(directory) if directory else self.cwd)
@@ -195,10 +318,63 @@ class Shell(cmd.Cmd):
             if entry.name.startswith(partial)
         ]
 
+    def complete_local(self, text: str) -> list[str]:
+        """Local names that complete `text`, relative to the local directory."""
+        directory, _, partial = text.rpartition("/")
+        try:
+            names = os.listdir(self.local(directory or "."))
+        except OSError:
+            return []
+        prefix = directory + "/" if directory else ""
+        return [
+            prefix + name + ("/" if self.local(prefix + name).is_dir() else "")
+            for name in sorted(names)
+            if name.startswith(partial)
+        ]
+
+    def _complete(self, names: Callable[[str], list[str]], line: str, begidx: int, endidx: int) -> list[str]:
+        """What readline should put in place of line[begidx:endidx]: the names that complete
+        the whole word there, escaped, less what of the word stands before `begidx` (readline
+        breaks words at every space, even an escaped one)."""
+        start = _word_start(line, begidx)
+        typed = line[start:begidx]
+        completions = [_escape(name) for name in names(_unescape(line[start:endidx]))]
+        return [name[len(typed) :] for name in completions if name.startswith(typed)]
+
     def completedefault(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
-        return self.complete_remote(text)
+        return self._complete(self.complete_remote, line, begidx, endidx)
+
+    def complete_put(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return self._complete(self.complete_local, line, begidx, endidx)
 
     complete_cd = complete_ls = complete_get = complete_rm = complete_mkdir = completedefault
+    complete_mget = complete_mv = complete_rename = completedefault
+    complete_mput = complete_lcd = complete_lls = complete_put
+
+
+def _cannot_reconnect() -> Client:
+    raise ConnectionError("the connection was lost; start the shell again")
+
+
+def _escape(name: str) -> str:
+    return "".join("\\" + c if c in _ESCAPED else c for c in name)
+
+
+def _unescape(word: str) -> str:
+    return re.sub(r"\\(.)", r"\1", word).removesuffix("\\")
+
+
+def _word_start(line: str, end: int) -> int:
+    """Where the word that `end` is in starts: after the last space not escaped by a backslash."""
+    start, index = 0, 0
+    while index < end:
+        if line[index] == "\\":
+            index += 2
+            continue
+        if line[index] in " \t":
+            start = index + 1
+        index += 1
+    return start
 
 
 def _words(arg: str) -> list[str]:
@@ -209,6 +385,21 @@ def _words(arg: str) -> list[str]:
         return shlex.split(arg)
     except ValueError as exc:  # No closing quotation, No escaped character
         raise UsageError(str(exc)) from None
+
+
+def _flags(words: list[str], allowed: str) -> tuple[set[str], list[str]]:
+    """The single-letter flags among `words` (`-l`, `-lh`), and the other words."""
+    flags = set()
+    names = []
+    for word in words:
+        if word.startswith("-") and len(word) > 1:
+            unknown = set(word[1:]) - set(allowed)
+            if unknown:
+                raise UsageError(f"unknown option -{''.join(sorted(unknown))}")
+            flags |= set(word[1:])
+        else:
+            names.append(word)
+    return flags, names
 
 
 def _one(names: list[str], default: str | None = None) -> str:

@@ -288,3 +288,48 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> object:
             return result
         time.sleep(0.02)
     return predicate()
+
+
+class working_directory:  # a function in use: `with working_directory(path):`
+    """Run the block in `path` (None: where we are), and come back after it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.before = path, os.getcwd()
+
+    def __enter__(self) -> None:
+        os.chdir(self.path or self.before)
+
+    def __exit__(self, *exc_info: object) -> None:
+        os.chdir(self.before)
+
+
+def run_cli_bytes(
+    *args: str, port: int, input: bytes = b"", cwd: Path | None = None, env: dict | None = None
+) -> tuple[CliResult, bytes]:
+    """`run_cli` with streams that also take bytes (`cat`, `get -o -`, `put -`): `input` is
+    stdin's bytes; returns the result (its stdout decoded leniently) and stdout's bytes."""
+    stdout, stderr = io.BytesIO(), io.StringIO()
+    environment = Environment(
+        stdin=io.TextIOWrapper(io.BytesIO(input), encoding="utf-8"),
+        stdout=io.TextIOWrapper(stdout, encoding="utf-8", write_through=True),
+        stderr=stderr,
+        stdin_isatty=False,
+        stderr_isatty=False,
+        environ=client_environ(port, env),
+    )
+    with working_directory(cwd):
+        status = client_main(list(args), environment)
+    data = stdout.getvalue()
+    return CliResult(
+        ["ftpclient", *args], int(status), data.decode(errors="replace"), stderr.getvalue()
+    ), data
+
+
+@pytest.fixture
+def v1_server(make_config, serve, monkeypatch) -> RunningServer:
+    """Our server, greeting as a plain v1 server does: no `features`, so the client
+    offers no extension to it (and refuses each before sending it)."""
+    import ftpserver.handler
+
+    monkeypatch.setattr(ftpserver.handler, "FEATURES", ())
+    return serve(make_config())

@@ -74,7 +74,7 @@ def test_quick_start_put_ls_get(port, work, tmp_path):
 def test_several_files_and_directories(port, work, tmp_path):
     for name in ("a.txt", "b c.txt", "中文.txt"):
         (work / name).write_text(name)
-    result = run_cli("put", "a.txt", "b c.txt", "中文.txt", "-d", "/in/box", "-p", port=port, cwd=work)
+    result = run_cli("put", "a.txt", "b c.txt", "中文.txt", "-d", "/in/box", "--parents", port=port, cwd=work)
     *lines, summary = result.stdout.splitlines()
     assert result.returncode == 0 and len(lines) == 3
     assert summary.startswith("sent 3 files, skipped 0, failed 0: 22 B in ")
@@ -95,7 +95,7 @@ def test_put_into_a_missing_directory_needs_parents(port, work, tmp_path):
     (work / "f").write_text("x")
     result = run_cli("put", "f", "-d", "/not/there", port=port, cwd=work)
     assert result.returncode == 1 and "not_found" in result.stderr
-    assert run_cli("put", "f", "-d", "/not/there", "-p", port=port, cwd=work).returncode == 0
+    assert run_cli("put", "f", "-d", "/not/there", "--parents", port=port, cwd=work).returncode == 0
     assert (tmp_path / "storage" / "not" / "there" / "f").read_text() == "x"
 
 
@@ -103,7 +103,7 @@ def test_one_failure_does_not_stop_the_rest_and_exits_1(port, work, tmp_path):
     (work / "good.txt").write_text("good")
     result = run_cli("put", "missing.txt", "good.txt", port=port, cwd=work)
     assert result.returncode == 1
-    assert_one_line_error(result, "put missing.txt: No such file or directory")
+    assert_one_line_error(result, "put missing.txt: no such local file or directory")
     assert (tmp_path / "storage" / "good.txt").read_text() == "good"
 
 
@@ -125,7 +125,17 @@ def test_json_output_parses(port, work):
     again = json.loads(run_cli("put", "f.bin", "--json", port=port, cwd=work).stdout)
     assert again["sent"] == 0
     ls = [json.loads(line) for line in run_cli("ls", "--json", port=port).stdout.splitlines()]
-    assert ls == [{"path": "/f.bin", "name": "f.bin", "type": "file", "size": 1000, "mtime": ls[0]["mtime"]}]
+    assert ls == [
+        {
+            "path": "/f.bin",
+            "name": "f.bin",
+            "type": "file",
+            "size": 1000,
+            "mtime": ls[0]["mtime"],
+            "mode": ls[0]["mode"],
+        }
+    ]
+    assert isinstance(ls[0]["mode"], int) and not ls[0]["mode"] & 0o111
     stat = json.loads(run_cli("stat", "f.bin", "--json", port=port).stdout)
     assert stat["md5"] == record["md5"]
     failed = run_cli("get", "nope", "--json", port=port, cwd=work)
@@ -151,7 +161,7 @@ def test_usage_errors_exit_2(port, work):
     assert run_cli("frobnicate", port=port).returncode == 2
     assert run_cli("get", port=port).returncode == 2
     result = run_cli("get", "a", "b", "-o", "not-a-dir", port=port, cwd=work)
-    assert result.returncode == 2 and "must be an existing directory" in result.stderr
+    assert result.returncode == 2 and "-o must be a directory" in result.stderr
     result = run_cli("ls", port=port, env={"SOCKFTP_PORT": "ninety"})
     assert result.returncode == 2 and "SOCKFTP_PORT" in result.stderr
 
