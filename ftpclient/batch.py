@@ -14,6 +14,13 @@ and resumes where it broke off (the server reports the offset for uploads,
 the partial file does it for downloads). One failed file does not stop the
 others unless `fail_fast` is set. `Job`, `Outcome` and `Summary` live in
 `ftpclient.jobs` and are exported here too.
+
+Against a server that offers the `eager` extension, a worker takes small files
+(up to `EAGER_PUT_MAX` bytes) `PIPELINE_RUN` at a time and moves them pipelined
+(ftpclient.pipeline): the remote side of each is looked at first with pipelined
+`stat`s, so identical files are still skipped without sending a byte, and the
+rest go with eager puts or gets, which the server (uploads) and the client
+(downloads) make durable in groups.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from pathlib import Path
 
 from ftpproto import ExistsError, ProtocolError, ProtocolMismatchError, join_path, split_path
 from ftpproto.io.pacing import RateLimiter
+from ftpproto.messages import EAGER_PUT_MAX
 from ftpproto.paths import MAX_PATH_BYTES
 
-from .client import PARTIAL_PREFIX, Client, Entry, md5_file
+from .client import PARTIAL_PREFIX, Client, Entry, Transfer, md5_file, set_attributes
 from .connection import BUSY_RETRIES, Connection, backoff, is_busy, is_retryable
 from .errors import CLIENT_ERRORS
 from .jobs import ATTRIBUTES_SET, DIRECTORY_OPS, Job, Outcome, Summary
+from .pipeline import get_pipelined, put_pipelined, stat_pipelined
 
 __all__ = [
     "LINK_POLICIES",
@@ -320,6 +329,8 @@ def walk_remote(client: Client, root: str) -> Iterator[tuple[str, str, list[Entr
 
 # -- running -------------------------------------------------------------------
 
+PIPELINE_RUN = 64  # small files a worker takes at once when its server offers `eager`
+
 
 class _Crew:
     """The workers of one run: which of them got a connection, and the queue they share.
@@ -349,6 +360,17 @@ class _Crew:
     def join(self) -> None:
         with self.lock:
             self.connected += 1
+
+    def take_more(self, count: int) -> list[Job]:
+        """Up to `count` more jobs, without waiting."""
+        taken: list[Job] = []
+        with self.lock:
+            while len(taken) < count:
+                try:
+                    taken.append(self.todo.get_nowait())
+                except queue.Empty:
+                    break
+        return taken
 
     def hand_back(self, job: Job) -> bool:
         """Give `job` back to the connected workers, if there are any; True if taken."""
@@ -442,21 +464,154 @@ class Batch:
                 job = crew.take(worker.joined)
                 if job is None:
                     return
-                outcome = self._attempts(job, worker, crew)
-                if outcome is None or self._aborted.is_set():
-                    return  # handed its job to the connected workers (a busy server), or cut off
-                with self._report_lock:
-                    summary.add(outcome)
-                    if self.on_outcome is not None:
-                        self.on_outcome(outcome)
-                if outcome.result == "failed" and self.fail_fast:
-                    self._stop.set()
+                if self._pipelinable(job) and self._eager(worker):
+                    run = [job, *crew.take_more(PIPELINE_RUN - 1)]
+                    one_by_one = [j for j in run if not self._pipelinable(j)]
+                    small = [j for j in run if self._pipelinable(j)]
+                    for piped in self._pipelined(small, worker):
+                        if not self._report(piped, summary):
+                            return
+                else:
+                    one_by_one = [job]
+                for each in one_by_one:
+                    outcome = self._attempts(each, worker, crew)
+                    if outcome is None or self._aborted.is_set():
+                        return  # handed its job to the connected workers (a busy server), or cut off
+                    if not self._report(outcome, summary):
+                        return
         except BaseException as exc:  # a callback's (a closed stdout): the caller's to handle
             if self._error is None:
                 self._error = exc
             self._stop.set()
         finally:
             worker.connection.close()
+
+    def _report(self, outcome: Outcome, summary: Summary) -> bool:
+        """Count and report one outcome; False once the batch must stop."""
+        if self._aborted.is_set():
+            return False
+        with self._report_lock:
+            summary.add(outcome)
+            if self.on_outcome is not None:
+                self.on_outcome(outcome)
+        if outcome.result == "failed" and self.fail_fast:
+            self._stop.set()
+        return not self._stop.is_set()
+
+    def _pipelinable(self, job: Job) -> bool:
+        return (
+            not self.dry_run
+            and not self.limit_rate  # a paced batch wants its bandwidth kept low, not round trips saved
+            and not job.skip
+            and job.op in ("put", "get")
+            and job.size is not None
+            and job.size <= EAGER_PUT_MAX
+        )
+
+    @staticmethod
+    def _eager(worker: _Worker) -> bool:
+        """Whether the worker is connected to a server that offers `eager` (the first job
+        of a worker goes the v1 way and connects it)."""
+        return not worker.connection.closed and "eager" in worker.connection.client.features
+
+    def _pipelined(self, jobs: list[Job], worker: _Worker) -> list[Outcome]:
+        """Small files over the worker's connection, pipelined. A job left without an
+        outcome by a dropped connection goes the v1 way, with its retries."""
+        outcomes: dict[int, Outcome] = {}
+        client = worker.connection.client
+        try:
+            puts = [(i, job) for i, job in enumerate(jobs) if job.op == "put"]
+            gets = [(i, job) for i, job in enumerate(jobs) if job.op == "get"]
+            self._pipelined_puts(client, puts, outcomes)
+            self._pipelined_gets(client, gets, outcomes)
+        except CLIENT_ERRORS:
+            if self._stop.is_set():
+                raise
+            worker.connection.drop()
+        result = []
+        for index, job in enumerate(jobs):
+            outcome = outcomes.get(index) or self._attempts(job, worker, _Crew([]))
+            result.append(outcome or Outcome(job, "failed", error=ConnectionError("no connection left")))
+        return result
+
+    def _finished(self, job: Job, result: Transfer | BaseException) -> Outcome:
+        if isinstance(result, Transfer):
+            if self.on_progress is not None:
+                self.on_progress(job, result.size, result.size)
+            return Outcome(job, "ok", result, note="linked" if result.linked else "")
+        if isinstance(result, ExistsError):
+            return Outcome(job, "skipped", note="exists")
+        return Outcome(job, "failed", error=result)
+
+    def _pipelined_puts(
+        self, client: Client, puts: list[tuple[int, Job]], outcomes: dict[int, Outcome]
+    ) -> None:
+        """Skip what the server holds already (pipelined stats, the local MD5), send the rest."""
+        send: list[tuple[int, Job]] = []
+        for (index, job), there in zip(
+            puts, stat_pipelined(client, [job.remote for _, job in puts]), strict=True
+        ):
+            if isinstance(there, Entry) and there.type == "file":
+                if there.size == job.size and there.md5 == md5_file(job.local):
+                    if self.preserve and abs(there.mtime - job.local.stat().st_mtime_ns / 1e9) >= 1e-3:
+                        continue  # only its time to set: the v1 way does that without sending a byte
+                    skipped = Transfer(
+                        job.remote, str(job.local), there.size, there.md5, 0, 0.0, skipped=True
+                    )
+                    outcomes[index] = Outcome(job, "skipped", skipped, note="identical")
+                    continue
+                if self.no_clobber:
+                    outcomes[index] = Outcome(job, "skipped", note="exists")
+                    continue
+            send.append((index, job))
+
+        def done(position: int, result: Transfer | BaseException) -> None:
+            index, job = send[position]
+            outcomes[index] = self._finished(job, result)
+
+        put_pipelined(
+            client,
+            [(job.local, job.remote) for _, job in send],
+            done,
+            overwrite=not self.no_clobber,
+            parents=self.parents,
+            preserve=self.preserve,
+        )
+
+    def _pipelined_gets(
+        self, client: Client, gets: list[tuple[int, Job]], outcomes: dict[int, Outcome]
+    ) -> None:
+        """Skip the local files that are identical already, fetch the rest."""
+        there = [(index, job) for index, job in gets if os.path.lexists(job.local)]
+        fetch = [(index, job) for index, job in gets if not os.path.lexists(job.local)]
+        if there and self.no_clobber:
+            for index, job in there:
+                outcomes[index] = Outcome(job, "skipped", note="exists")
+        elif there:
+            entries = stat_pipelined(client, [job.remote for _, job in there])
+            for (index, job), entry in zip(there, entries, strict=True):
+                if (
+                    isinstance(entry, Entry)
+                    and entry.size == _size(job.local)
+                    and entry.md5 == md5_file(job.local)
+                ):
+                    if self.preserve and entry.mode is not None:  # as a v1 get with -p does
+                        set_attributes(job.local, {"mtime": entry.mtime, "mode": entry.mode})
+                    skipped = Transfer(
+                        job.remote, str(job.local), entry.size, entry.md5, 0, 0.0, skipped=True
+                    )
+                    note = f"identical{ATTRIBUTES_SET if self.preserve else ''}"
+                    outcomes[index] = Outcome(job, "skipped", skipped, note=note)
+                else:
+                    fetch.append((index, job))
+
+        def done(position: int, result: Transfer | BaseException) -> None:
+            index, job = fetch[position]
+            outcomes[index] = self._finished(job, result)
+
+        get_pipelined(
+            client, [(job.remote, job.local) for _, job in fetch], done, preserve=self.preserve, replace=True
+        )
 
     def _attempts(self, job: Job, worker: _Worker, crew: _Crew) -> Outcome | None:
         attempt, busy = 1, 0

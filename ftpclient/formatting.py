@@ -33,7 +33,12 @@ __all__ = [
 ]
 
 Record = dict[str, object]
-LINKED = "linked from identical content, nothing sent"  # an instant upload
+LINKED = "linked from identical content"  # an instant upload
+
+
+def _linked(transfer: Transfer) -> str:
+    """An instant upload; a pipelined one sent its bytes before the server could tell."""
+    return f"{LINKED}, nothing sent" if transfer.sent == 0 else LINKED
 
 
 # -- errors ----------------------------------------------------------------------
@@ -127,7 +132,7 @@ def stat_line(path: str, entry: Entry) -> str:
 def transfer_line(op: str, source: str, target: str, transfer: Transfer) -> str:
     """The shell's line for one `get` or `put`."""
     if transfer.linked:
-        note = f" ({LINKED})"
+        note = f" ({_linked(transfer)})"
     elif not transfer.skipped:
         note = _resumed(transfer)
     elif op == "get":
@@ -166,7 +171,7 @@ def outcome_line(outcome: Outcome) -> str:
         attributes = ATTRIBUTES_SET if outcome.note.endswith(ATTRIBUTES_SET) else ""
         return f"{job.op}: {arrow}: identical file already there, nothing sent{attributes}"
     if transfer.linked:
-        return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}, {LINKED}"
+        return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}, {_linked(transfer)}"
     return f"{job.op}: {arrow}: {human_size(transfer.size)}, md5 {transfer.md5}{_resumed(transfer)}"
 
 

@@ -38,9 +38,9 @@ from ftpproto import ChecksumMismatchError, Event, ProtocolError, ProtocolMismat
 from ftpproto.io import new_md5
 from ftpproto.messages import EAGER_PUT_MAX, check_type, validate_md5
 
-from .client import PARTIAL_PREFIX, Client, Transfer, open_regular, set_attributes
+from .client import PARTIAL_PREFIX, Client, Entry, Transfer, open_regular, set_attributes
 
-__all__ = ["GROUP", "WINDOW", "get_pipelined", "put_pipelined"]
+__all__ = ["GROUP", "WINDOW", "get_pipelined", "put_pipelined", "stat_pipelined"]
 
 WINDOW = 32  # requests sent ahead of their answers
 GROUP = 64  # downloaded files made durable together
@@ -84,9 +84,12 @@ def put_pipelined(
         if result.get("md5") != put.md5 or result.get("size") != put.size:
             on_done(put.index, ChecksumMismatchError(f"{put.remote}: the server stored a different file"))
             return
-        on_done(
-            put.index, Transfer(put.remote, str(put.local), put.size, put.md5, put.size, _since(put.started))
+        # All of it held already (offset = size): the server linked identical content.
+        linked = put.size > 0 and result.get("offset") == put.size
+        transfer = Transfer(
+            put.remote, str(put.local), put.size, put.md5, put.size, _since(put.started), linked=linked
         )
+        on_done(put.index, transfer)
 
     eager = "eager" in client.features and (not preserve or "attributes" in client.features)
     for index, (local, remote) in enumerate(items):
@@ -141,6 +144,33 @@ class _Written:
     header: dict
 
 
+def stat_pipelined(client: Client, paths: Sequence[str], window: int = WINDOW) -> list[Entry | ProtocolError]:
+    """`stat` each path, `window` requests ahead (plain v1 pipelining: any server takes
+    it); each path's own error (`not_found`) is its result."""
+    results: list[Entry | ProtocolError] = []
+    pending = 0
+
+    def settle() -> None:
+        try:
+            answer = client._response()
+            with client._wire():
+                results.append(Entry.from_message(answer))
+        except ProtocolError as exc:
+            if exc.closes:
+                raise
+            results.append(exc)
+
+    for path in paths:
+        while pending >= window:
+            settle()
+            pending -= 1
+        client._send({"op": "stat", "path": path})
+        pending += 1
+    for _ in range(pending):
+        settle()
+    return results
+
+
 def get_pipelined(
     client: Client,
     items: Sequence[tuple[str, Path]],
@@ -148,8 +178,11 @@ def get_pipelined(
     *,
     preserve: bool = False,
     window: int = WINDOW,
+    replace: bool = False,
 ) -> None:
-    """Download each (remote, local) pair, `window` requests ahead, committing in groups."""
+    """Download each (remote, local) pair, `window` requests ahead, committing in groups.
+    An existing target goes the v1 way (it may be identical), unless `replace` says the
+    caller has checked the targets already."""
     pending: deque[_Get] = deque()
     written: list[_Written] = []
     eager = "eager" in client.features and (not preserve or "attributes" in client.features)
@@ -205,7 +238,7 @@ def get_pipelined(
     try:
         for index, (remote, local) in enumerate(items):
             local.parent.mkdir(parents=True, exist_ok=True)
-            if not eager or os.path.lexists(local):  # v1: it can find an identical file and send nothing
+            if not eager or (not replace and os.path.lexists(local)):  # v1 can see an identical file
                 while pending:
                     receive()
                 _in_turn(client, index, partial(client.get, remote, local, preserve=preserve), on_done)

@@ -188,7 +188,7 @@ class Conversation:
         behind unanswered ones is queued (see `may_pipeline`); its eager put's `DATA_END`
         is the newest exchange's."""
         if event is Event.REQUEST and self.state is not State.IDLE and self.may_pipeline(op or ""):
-            self.queue.append((EXCHANGES[op or ""], op or ""))
+            self.queue.append((EXCHANGES.get(op or "", State.ANSWERING), op or ""))
             return
         if event is Event.DATA_END and self.role is C and self.queue:
             state, kind = self.queue[-1]

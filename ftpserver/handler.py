@@ -76,6 +76,7 @@ class Pending:
     md5: str
     count: int  # bytes received
     started: float
+    held: int | None = None  # an eager put's: bytes the server held already (its answer says)
 
 
 def clean(text: object) -> str:
@@ -405,7 +406,7 @@ class Session(socketserver.BaseRequestHandler):
             result = getattr(exc, "code", exc.__class__.__name__)
             self.log_transfer("put", path, received, started, f"failed ({result})", kept)
             raise
-        self.group.append(Pending(upload, path, size, md5, count, started))
+        self.group.append(Pending(upload, path, size, md5, count, started, upload.offset if eager else None))
         self.conversation.defer()
         if not (eager and len(self.group) < GROUP_MAX and self.stream.ready()):
             self.flush()  # else the next request is here already: it may join the group
@@ -440,7 +441,10 @@ class Session(socketserver.BaseRequestHandler):
                 self.log_transfer("put", pending.path, pending.count, pending.started, "ok")
                 self.emit("upload", pending.path, size=pending.size, md5=pending.md5)
                 self.conversation.send_deferred(Event.ANSWER)
-                self.stream.send({"ok": True, "size": pending.size, "md5": pending.md5})
+                answer = {"ok": True, "size": pending.size, "md5": pending.md5}
+                if pending.held is not None:  # eager: what was held already (all: identical, or linked)
+                    answer["offset"] = pending.held
+                self.stream.send(answer)
             else:
                 self.log_transfer(
                     "put", pending.path, pending.count, pending.started, f"failed ({failure.code})"

@@ -57,7 +57,7 @@ def test_pipelined_puts_are_committed_in_groups_and_answered_in_order(server, mo
     stream.sock.sendall(batch + encode_frame({"op": "stat", "path": "g/f199"}))
     assert stream.recv() == {"ok": True}
     for name, data in files.items():
-        assert stream.recv() == {"ok": True, "size": len(data), "md5": md5(data)}, name
+        assert stream.recv() == {"ok": True, "size": len(data), "md5": md5(data), "offset": 0}, name
     answer = stream.recv()
     assert answer.get("md5") == md5(files["g/f199"]), answer  # the stat, after every put's answer
     for name, data in files.items():
@@ -83,7 +83,7 @@ def test_a_failure_inside_a_group_is_that_puts_answer_alone(server):
     assert stream.recv()["ok"] is True
     assert stream.recv()["error"] == "exists"
     assert stream.recv()["error"] == "checksum_mismatch"
-    assert stream.recv() == {"ok": True, "size": len(other), "md5": md5(other)}
+    assert stream.recv() == {"ok": True, "size": len(other), "md5": md5(other), "offset": 0}
     assert (server.root / "taken").read_bytes() == b"already here" and not (server.root / "bad").exists()
     assert (server.root / "one").read_bytes() == good and (server.root / "two").read_bytes() == other
 
@@ -140,7 +140,12 @@ def test_sigkill_in_the_middle_of_groups_loses_no_acknowledged_file_and_tears_no
         try:
             for name in files:
                 answer = stream.recv()
-                assert answer == {"ok": True, "size": len(files[name]), "md5": md5(files[name])}, name
+                assert answer == {
+                    "ok": True,
+                    "size": len(files[name]),
+                    "md5": md5(files[name]),
+                    "offset": 0,
+                }, name
                 acknowledged.append(name)
         except (PeerClosedError, ShortReadError, ConnectionError, OSError):
             return

@@ -92,14 +92,17 @@ def test_a_client_may_send_self_contained_requests_ahead_and_answers_move_them_i
     client.send(Event.DATA_END)
     client.send(Event.REQUEST, "get eager")
     client.send(Event.REQUEST, "ls")
-    assert client.outstanding == 4 and client.state is State.PUT_CHECKING
+    client.send(Event.REQUEST, "stat")
+    assert client.outstanding == 5 and client.state is State.PUT_CHECKING
     client.receive(Event.ANSWER)  # first put
-    assert client.state is State.PUT_CHECKING and client.outstanding == 3
+    assert client.state is State.PUT_CHECKING and client.outstanding == 4
     client.receive(Event.ERROR)  # second put refused (after its data was drained)
     client.receive(Event.HEADER)
     assert client.state is State.GET_DATA
     client.receive(Event.DATA_END)
     client.receive(Event.PAGE)
+    client.receive(Event.ANSWER)
+    assert client.state is State.ANSWERING  # the stat
     client.receive(Event.ANSWER)
     assert client.state is State.IDLE and client.outstanding == 0
 
