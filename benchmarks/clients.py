@@ -4,7 +4,7 @@
 and prints one JSON object on stdout, so the client's time and peak memory are
 its own and a hung client can be killed without touching the harness. The spec:
 
-    {"peer": {"kind": "sockftp" | "ftp" | "sftp", ...connection...},
+    {"peer": {"kind": "sockftp" | "ftp" | "sftp" | "boto3", ...connection...},
      "op": "transfer" | "batch" | "concurrent" | "logins", ...op fields...,
      "budget": seconds}
 
@@ -16,7 +16,9 @@ its own and a hung client can be killed without touching the harness. The spec:
 Every session connects and logs in inside the timed span. Peers:
 sockftp is our `ftpclient.Client`; ftp is the stdlib `ftplib` (a pyftpdlib
 server); sftp is OpenSSH `sftp -b`, one process per session, whose queued
-commands run when the session closes.
+commands run when the session closes; boto3 talks to an object store directly
+(`upload_file`/`download_file` with their defaults: 8 MiB parts, 10 threads),
+the limit for sockftp's s3 backend.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ftpclient import Client
 
@@ -90,6 +92,35 @@ class SftpSession:
     def put(self, local: str, remote: str) -> int | None:
         self.commands.append(f'put "{local}" "{remote}"')
         return None
+
+
+class Boto3Session:
+    """An S3 bucket through boto3's managed transfers; remote paths are keys."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client, self.bucket = client, bucket
+
+    def get(self, remote: str, local: str) -> int | None:
+        self.client.download_file(self.bucket, remote, local)
+        return os.path.getsize(local)
+
+    def put(self, local: str, remote: str) -> int | None:
+        self.client.upload_file(local, self.bucket, remote)
+        return os.path.getsize(local)
+
+
+@contextlib.contextmanager
+def boto3_session(peer: dict) -> Iterator[Session]:
+    import boto3  # only this peer needs it: pip install -e '.[s3]'
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=peer["endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id=peer["access_key"],
+        aws_secret_access_key=peer["secret_key"],
+    )
+    yield Boto3Session(client, peer["bucket"])
 
 
 @contextlib.contextmanager
@@ -149,6 +180,7 @@ SESSIONS: dict[str, Callable[[dict], contextlib.AbstractContextManager[Session]]
     "sockftp": sockftp_session,
     "ftp": ftp_session,
     "sftp": sftp_session,
+    "boto3": boto3_session,
 }
 
 

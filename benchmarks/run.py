@@ -1,12 +1,13 @@
 """Benchmark sockftp against pyftpdlib and OpenSSH sftp on this machine, over 127.0.0.1 only.
 
-    python benchmarks/run.py [--quick] [--reps N] [--peers sockftp,pyftpdlib,sftp] [--json-out FILE]
+    python benchmarks/run.py [--quick] [--reps N] [--peers sockftp,pyftpdlib,sftp,s3] [--json-out FILE]
 
 Measures the machine's limits (one-core MD5, a raw loopback copy, the same
 copy hashed and written to disk), then runs every workload `reps` times
 against each peer it can start: a big get and put, a repeated put, batches of
 small files over 1 and 4 connections, many concurrent clients, and a series of
-logins. Prints one table (median, min-max, ratios to the limits), the
+logins; and sockftp on its s3 backend next to boto3 on the same object store
+(a SeaweedFS on 127.0.0.1). Prints one table (median, min-max, ratios to the limits), the
 targets met or not, and writes every figure to JSON. See benchmarks/README.md.
 
 Servers and clients are subprocesses, stopped by PID in `finally`; every wait
@@ -39,11 +40,12 @@ from harness import (
 )
 from peers import PEERS, Peer, PeerUnavailableError
 from report import Results, render_table, render_targets, table_rows, write_json
+from s3 import s3_rows
 from workloads import QUICK, Bench, Plan, judge_targets, measure_limits, run_all
 
 BUSY_LOAD = 0.5  # 1-minute load average above which the run warns that it is not alone
 BUSY_SHARE = 0.05  # share of the machine's CPU taken by other processes that earns a note
-PEER_NAMES = {"sockftp": "sockftp", "pyftpdlib": "ftp", "sftp": "sftp"}
+PEER_NAMES = {"sockftp": "sockftp", "pyftpdlib": "ftp", "sftp": "sftp", "s3": "s3"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,6 +128,18 @@ def bench_peer(bench: Bench, peer_class: type[Peer], workdir: Path) -> Peer | No
     return peer
 
 
+def bench_s3(bench: Bench, workdir: Path) -> None:
+    """The s3 rows (benchmarks/s3.py); a note instead if they cannot run."""
+    try:
+        s3_rows(bench, workdir)
+    except PeerUnavailableError as exc:
+        print(f"skipping s3: {exc}", flush=True)
+        bench.results.notes.append(f"s3 skipped: {exc}")
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        print(f"  s3 failed: {exc}", flush=True)
+        bench.results.notes.append(f"s3 failed: {exc}")
+
+
 def run(args: argparse.Namespace, plan: Plan, results: Results, root: Path) -> list[Peer]:
     """Everything that needs the temp dir; returns the peers that ran."""
     deadline = Deadline(plan.deadline)
@@ -142,6 +156,8 @@ def run(args: argparse.Namespace, plan: Plan, results: Results, root: Path) -> l
                 peer = bench_peer(bench, peer_class, root / peer_class.kind)
                 if peer is not None:
                     ran.append(peer)
+        if "s3" in wanted:
+            bench_s3(bench, root / "s3")
     except DeadlineError as exc:
         print(f"stopping early: {exc}", flush=True)
         results.notes.append(f"stopped early: {exc}; the workloads after that point did not run")

@@ -29,6 +29,7 @@ __all__ = [
     "Account",
     "ConfigError",
     "Limits",
+    "S3Settings",
     "ServerConfig",
     "load_config",
     "load_users",
@@ -76,6 +77,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class S3Settings:
+    """`storage: {backend: s3, ...}`: where the objects live and how to reach them.
+
+    Holds no secret: the keys come from the environment (boto3's usual chain) or
+    from `credentials_file`, read when the storage opens."""
+
+    bucket: str
+    prefix: str = ""  # every key starts with it: "" or "some/folder/"
+    endpoint: str | None = None  # an S3-compatible store's URL; None: AWS
+    region: str | None = None
+    credentials_file: Path | None = None  # INI, as ~/.aws/credentials
+    profile: str = "default"  # its section
+    ca_bundle: Path | None = None  # trust this CA for an https endpoint instead of the system's
+    part_size: int = 8 * 1024 * 1024
+    upload_concurrency: int = 2  # parts of one upload in flight at once
+    usage_refresh: float = 60.0  # seconds between recounts of each quota'd home
+    max_rename_objects: int = 1000  # a directory rename copies each object: refused above this
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     path: Path
     host: str
@@ -90,6 +111,7 @@ class ServerConfig:
     metrics: tuple[str, int] | None = None  # where the Prometheus listener is, if any
     hooks: tuple[Hook, ...] = ()
     storage_backend: str = "local"
+    s3: S3Settings | None = None  # with storage_backend "s3"; storage_root then holds per-node state
     defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
 
@@ -220,7 +242,7 @@ def load_config(path: str | Path) -> ServerConfig:
     if port > 65535:
         raise listen.error("port", "must be at most 65535")
 
-    backend, root = _storage(top, base)
+    backend, root, s3 = _storage(top, base)
 
     anon = top.section("anonymous")
     anon.only("enabled", "home", "permissions", "quota", "bandwidth")
@@ -273,6 +295,7 @@ def load_config(path: str | Path) -> ServerConfig:
         metrics=_metrics(top),
         hooks=_hooks(top),
         storage_backend=backend,
+        s3=s3,
         defender=_defender(top),
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
@@ -340,22 +363,69 @@ def _defender(top: _Section) -> DefenderConfig:
     )
 
 
-def _storage(top: _Section, base: Path) -> tuple[str, Path]:
-    """`storage: PATH` (the local backend's shorthand) or `storage: {backend: local, root: PATH}`."""
+def _storage(top: _Section, base: Path) -> tuple[str, Path, S3Settings | None]:
+    """`storage: PATH` (the local backend's shorthand), `storage: {backend: local, root: PATH}`
+    or `storage: {backend: s3, state: PATH, bucket: ..., ...}`. For s3 the local folder
+    `state` takes the place of the root: it holds this node's own state (bans), and
+    homes are named relative to it as on disk, each becoming a key prefix."""
+    s3 = None
     if isinstance(top.data.get("storage"), dict):
         section = top.section("storage")
-        section.only("backend", "root")
         backend = section.get("backend", str, "local")
-        if backend != "local":
-            raise section.error("backend", f"unknown backend {backend!r} (expected: local)")
-        where, key = section.get("root", str, "storage"), section
-        name = "root"
+        if backend == "s3":
+            section.only("backend", "state", *(f for f in S3Settings.__dataclass_fields__))
+            s3 = _s3_settings(section, base)
+            where, key, name = section.get("state", str, "storage"), section, "state"
+        elif backend == "local":
+            section.only("backend", "root")
+            where, key, name = section.get("root", str, "storage"), section, "root"
+        else:
+            raise section.error("backend", f"unknown backend {backend!r} (expected: local, s3)")
     else:
         backend, where, key, name = "local", top.get("storage", str, "storage"), top, "storage"
     root = (base / where).resolve()
     if not root.is_dir():
         raise key.error(name, f"{root} is not a directory")
-    return backend, root
+    return backend, root, s3
+
+
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def _s3_settings(section: _Section, base: Path) -> S3Settings:
+    default = S3Settings("bucket")
+    bucket = section.get("bucket", str, "")
+    if not _BUCKET.fullmatch(bucket):
+        raise section.error("bucket", f"must be a bucket name (3-63 of a-z, 0-9, '.', '-'), not {bucket!r}")
+    prefix = "/".join(part for part in section.get("prefix", str, "").split("/") if part)
+    if any(part in (".", "..") or part.startswith(RESERVED_PREFIX) for part in prefix.split("/")):
+        raise section.error("prefix", f"{prefix!r} may not hold '.', '..' or {RESERVED_PREFIX!r} names")
+    endpoint = section.get("endpoint", str)
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise section.error("endpoint", "must start with http:// or https://")
+    part_size = section.size("part_size") or default.part_size
+    if not 5 * 1024 * 1024 <= part_size <= 5 * 1024**3:
+        raise section.error("part_size", "must be between 5MiB and 5GiB (the S3 limits of a part)")
+    files: dict[str, Path | None] = {}
+    for name in ("credentials_file", "ca_bundle"):
+        value = section.get(name, str)
+        where = None if value is None else (base / value).absolute()
+        if where is not None and not where.is_file():
+            raise section.error(name, f"{where} is not a file")
+        files[name] = where
+    return S3Settings(
+        bucket=bucket,
+        prefix=f"{prefix}/" if prefix else "",
+        endpoint=endpoint,
+        region=section.get("region", str),
+        credentials_file=files["credentials_file"],
+        profile=section.get("profile", str, default.profile),
+        ca_bundle=files["ca_bundle"],
+        part_size=part_size,
+        upload_concurrency=section.integer("upload_concurrency", default.upload_concurrency, 1),
+        usage_refresh=section.number("usage_refresh", default.usage_refresh, 1),
+        max_rename_objects=section.integer("max_rename_objects", default.max_rename_objects, 1),
+    )
 
 
 def _tls_context(section: _Section, base: Path) -> ssl.SSLContext:

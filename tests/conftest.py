@@ -290,6 +290,50 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> object:
     return predicate()
 
 
+# -- real services: an S3-compatible object store, a load balancer (tests/services.py) --
+
+
+def _needs(start, *args):
+    """Start a service; a program that is not installed fails the test in CI (which installs
+    it), and skips it, saying why, elsewhere."""
+    from .services import ProgramMissingError
+
+    try:
+        return start(*args)
+    except ProgramMissingError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory):
+    """One SeaweedFS for the whole run (it takes a second to start); each test keeps to
+    a key prefix of its own in its bucket."""
+    from .services import start_seaweedfs
+
+    store = _needs(start_seaweedfs, tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def balancer(tmp_path):
+    """`balancer(ports)` starts an HAProxy in TCP mode over the servers on `ports`."""
+    from .services import start_haproxy
+
+    started = []
+
+    def start(ports):
+        running = _needs(start_haproxy, tmp_path / f"haproxy{len(started)}", ports)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
 class working_directory:  # a function in use: `with working_directory(path):`
     """Run the block in `path` (None: where we are), and come back after it."""
 

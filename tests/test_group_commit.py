@@ -15,7 +15,7 @@ from ftpproto import encode_frame
 from ftpproto.io import FrameStream, PeerClosedError, ShortReadError
 from ftpserver.storage.local import LocalStorage
 
-from .conftest import start_server_process, wait_until, write_config
+from .conftest import wait_until, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,9 +128,9 @@ def test_a_v1_client_beside_a_pipelining_one_sees_nothing_new(server):
     assert errors == [] and not thread.is_alive()
 
 
-def test_sigkill_in_the_middle_of_groups_loses_no_acknowledged_file_and_tears_none(tmp_path):
+def test_sigkill_in_the_middle_of_groups_loses_no_acknowledged_file_and_tears_none(tmp_path, server_process):
     config = write_config(tmp_path)
-    server = start_server_process(config)
+    server = server_process(config)  # stopped at teardown, whatever happens here
     storage = tmp_path / "storage"
     files = {f"k{i:04}": os.urandom(8192 + i) for i in range(3000)}
     acknowledged: list[str] = []

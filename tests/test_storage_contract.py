@@ -6,8 +6,9 @@ interfaces of `ftpserver/storage/base.py` and `Account` to describe users; what 
 interface cannot do (build the backend, say where a home is, make an abandoned upload
 look old) is each backend's factory's business.
 
-To add a backend, write a factory `<name>_backend(where: Path) -> Backend` and add
-it to `FACTORIES`: every test then runs against it too.
+To add a backend, write a factory `<name>_backend(where: Path, *services) -> Backend`
+and add it to `FACTORIES` (and to `SERVICES` the fixtures it needs, such as a running
+object store): every test then runs against it too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +44,10 @@ from ftpserver.config import Account
 from ftpserver.handler import LS_PAGE
 from ftpserver.storage import LocalStorage, Storage, Upload
 from ftpserver.storage.local import PARTIAL_PREFIX, TEMP_PREFIX
+from ftpserver.storage.s3 import PARTIAL_PREFIX as S3_PARTIAL_PREFIX
+from ftpserver.storage.s3 import S3Storage, make_client
+
+from .services import ObjectStore
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,12 +110,48 @@ def local_backend(where: Path) -> Backend:
     return Backend("local", lambda max_file_size: LocalStorage(root, max_file_size), home_for, age_partials)
 
 
-FACTORIES: dict[str, Callable[[Path], Backend]] = {"local": local_backend}
+def s3_backend(where: Path, store: ObjectStore) -> Backend:
+    """Homes are key prefixes in a bucket of a real SeaweedFS, below a prefix of this
+    test's own; an interrupted upload is a state object (and perhaps a multipart upload)
+    beside its destination, aged by rewriting the time in its metadata."""
+    root = where / "state"
+    root.mkdir()
+    settings = store.settings(where, prefix=f"contract-{uuid.uuid4().hex[:12]}/")
+    client = make_client(settings)
+
+    def home_for(name: str | None) -> Path:
+        return (root / name).resolve() if name else root.resolve()
+
+    def age_partials(seconds: float) -> None:
+        then = f"{time.time() - seconds:.3f}"
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=store.bucket, Prefix=settings.prefix
+        ):
+            for item in page.get("Contents", []):
+                if item["Key"].rsplit("/", 1)[-1].startswith(S3_PARTIAL_PREFIX):
+                    metadata = client.head_object(Bucket=store.bucket, Key=item["Key"])["Metadata"]
+                    client.copy_object(
+                        Bucket=store.bucket,
+                        Key=item["Key"],
+                        CopySource={"Bucket": store.bucket, "Key": item["Key"]},
+                        MetadataDirective="REPLACE",
+                        Metadata={**metadata, "updated": then},
+                    )
+
+    def start(max_file_size: int | None) -> Storage:
+        return S3Storage(client, settings, root, max_file_size)
+
+    return Backend("s3", start, home_for, age_partials)
+
+
+FACTORIES: dict[str, Callable[..., Backend]] = {"local": local_backend, "s3": s3_backend}
+SERVICES: dict[str, tuple[str, ...]] = {"s3": ("object_store",)}  # fixtures a factory takes after `where`
 
 
 @pytest.fixture(params=sorted(FACTORIES))
 def backend(request, tmp_path: Path) -> Iterator[Backend]:
-    made = FACTORIES[request.param](tmp_path)
+    services = [request.getfixturevalue(name) for name in SERVICES.get(request.param, ())]
+    made = FACTORIES[request.param](tmp_path, *services)
     yield made
     made.storage.close()
 

@@ -1,7 +1,9 @@
 """Storage: the ONLY code that touches stored data.
 
 `base.Storage` is the interface a session uses; each backend lives in a
-module of its own and is chosen by the config's `storage.backend`.
+module of its own and is chosen by the config's `storage.backend`: `local`
+(a directory tree on this machine) or `s3` (key prefixes in a bucket of an
+S3-compatible object store, which several servers may share).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from .local import LocalStorage
 
 __all__ = ["BACKENDS", "LocalStorage", "Snapshot", "Storage", "Upload", "open_storage"]
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "s3")
 
 
 def open_storage(config: ServerConfig) -> Storage:
@@ -22,4 +24,8 @@ def open_storage(config: ServerConfig) -> Storage:
     ]
     if config.storage_backend == "local":
         return LocalStorage(config.storage_root, config.limits.max_file_size, count_usage_of=quotas)
+    if config.storage_backend == "s3" and config.s3 is not None:
+        from .s3 import open_s3_storage  # boto3 is loaded only where it is used
+
+        return open_s3_storage(config.s3, config.storage_root, config.limits.max_file_size, quotas)
     raise ValueError(f"unknown storage backend {config.storage_backend!r}")  # config.py checks the name
