@@ -300,13 +300,22 @@ def list_users(args: argparse.Namespace) -> int:
     return 0
 
 
-def delete_user(args: argparse.Namespace) -> int:
-    """Remove a user from the users file; its home and files stay where they are."""
+def existing_user(args: argparse.Namespace) -> tuple[ServerConfig, dict[str, dict]] | None:
+    """The config and the users file's entries, if `args.name` is one of them (else say so)."""
     config = load_config(args.config)
     entries = read_user_entries(config.users_file)
     if args.name not in entries:
         print(f"ftpserver: no user {args.name!r} in {config.users_file}", file=sys.stderr)
+        return None
+    return config, entries
+
+
+def delete_user(args: argparse.Namespace) -> int:
+    """Remove a user from the users file; its home and files stay where they are."""
+    found = existing_user(args)
+    if found is None:
         return 1
+    config, entries = found
     home = config.users[args.name].home if args.name in config.users else None
     del entries[args.name]
     save_users(config.users_file, entries)
@@ -316,11 +325,10 @@ def delete_user(args: argparse.Namespace) -> int:
 
 
 def change_password(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    entries = read_user_entries(config.users_file)
-    if args.name not in entries:
-        print(f"ftpserver: no user {args.name!r} in {config.users_file}", file=sys.stderr)
+    found = existing_user(args)
+    if found is None:
         return 1
+    config, entries = found
     password = read_password(args.password_stdin)
     if password is None:
         return 1
