@@ -46,7 +46,7 @@ from .client import PARTIAL_PREFIX, Client, Entry, Transfer, md5_file, set_attri
 from .connection import BUSY_RETRIES, Connection, backoff, is_busy, is_retryable
 from .errors import CLIENT_ERRORS
 from .jobs import ATTRIBUTES_SET, DIRECTORY_OPS, Job, Outcome, Summary
-from .pipeline import get_pipelined, put_pipelined, stat_pipelined
+from .pipeline import TempFiles, get_pipelined, put_pipelined, stat_pipelined
 
 __all__ = [
     "LINK_POLICIES",
@@ -417,6 +417,7 @@ class Batch:
     _report_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _aborted: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
+    _temps: TempFiles = field(default_factory=TempFiles, repr=False)  # pipelined downloads' hidden files
 
     def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
         """Run every job; `first_client`, if given, is used by the first worker."""
@@ -452,6 +453,9 @@ class Batch:
             self._stop.set()
             for worker in workers:
                 worker.connection.drop()  # unblocks a worker in the middle of a transfer
+            for thread in threads:
+                thread.join(1.0)  # let them clean up: they die with the process otherwise
+            self._temps.remove_all()  # pipelined downloads not yet committed are not kept
             raise
         if self._error is not None:
             raise self._error
@@ -610,7 +614,12 @@ class Batch:
             outcomes[index] = self._finished(job, result)
 
         get_pipelined(
-            client, [(job.remote, job.local) for _, job in fetch], done, preserve=self.preserve, replace=True
+            client,
+            [(job.remote, job.local) for _, job in fetch],
+            done,
+            preserve=self.preserve,
+            replace=True,
+            temps=self._temps,
         )
 
     def _attempts(self, job: Job, worker: _Worker, crew: _Crew) -> Outcome | None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
 import uuid
 from collections import deque
@@ -40,7 +41,7 @@ from ftpproto.messages import EAGER_PUT_MAX, check_type, validate_md5
 
 from .client import PARTIAL_PREFIX, Client, Entry, Transfer, open_regular, set_attributes
 
-__all__ = ["GROUP", "WINDOW", "get_pipelined", "put_pipelined", "stat_pipelined"]
+__all__ = ["GROUP", "WINDOW", "TempFiles", "get_pipelined", "put_pipelined", "stat_pipelined"]
 
 WINDOW = 32  # requests sent ahead of their answers
 GROUP = 64  # downloaded files made durable together
@@ -92,38 +93,71 @@ def put_pipelined(
         on_done(put.index, transfer)
 
     eager = "eager" in client.features and (not preserve or "attributes" in client.features)
-    for index, (local, remote) in enumerate(items):
-        started = time.monotonic()
-        try:
-            data, st = _read_small(local) if eager else (None, None)
-        except OSError as exc:
-            on_done(index, exc)
-            continue
-        if data is None or st is None:  # too big for one go, or no eager server: the v1 way, in turn
-            while pending:
+
+    def run() -> None:
+        for index, (local, remote) in enumerate(items):
+            started = time.monotonic()
+            try:
+                data, st = _read_small(local) if eager else (None, None)
+            except OSError as exc:
+                on_done(index, exc)
+                continue
+            if data is None or st is None:  # too big for one go, or no eager server: the v1 way, in turn
+                while pending:
+                    settle()
+                put = partial(
+                    client.put, local, remote, overwrite=overwrite, parents=parents, preserve=preserve
+                )
+                _in_turn(client, index, put, on_done)
+                continue
+            while client.conversation.outstanding >= window:
                 settle()
-            put = partial(client.put, local, remote, overwrite=overwrite, parents=parents, preserve=preserve)
-            _in_turn(client, index, put, on_done)
-            continue
-        while client.conversation.outstanding >= window:
+            md5 = _md5(data)
+            message: dict[str, object] = {
+                "op": "put",
+                "path": remote,
+                "size": len(data),
+                "md5": md5,
+                "eager": True,
+            }
+            message.update(overwrite=overwrite, parents=parents)
+            if preserve:
+                message.update(mtime=st.st_mtime_ns / 1e9, mode=stat.S_IMODE(st.st_mode))
+            if client.pace is not None:
+                client.pace.consume(len(data))
+            client._send(message, data=data)
+            pending.append(_Put(index, local, remote, len(data), md5, started))
+        while pending:
             settle()
-        md5 = _md5(data)
-        message: dict[str, object] = {
-            "op": "put",
-            "path": remote,
-            "size": len(data),
-            "md5": md5,
-            "eager": True,
-        }
-        message.update(overwrite=overwrite, parents=parents)
-        if preserve:
-            message.update(mtime=st.st_mtime_ns / 1e9, mode=stat.S_IMODE(st.st_mode))
-        if client.pace is not None:
-            client.pace.consume(len(data))
-        client._send(message, data=data)
-        pending.append(_Put(index, local, remote, len(data), md5, started))
-    while pending:
-        settle()
+
+    try:
+        run()
+    except BaseException:
+        _out_of_step(client)
+        raise
+
+
+class TempFiles:
+    """The hidden files downloads are writing and have not renamed yet, across threads:
+    what a caller removes after an interruption cut the threads short."""
+
+    def __init__(self) -> None:
+        self._paths: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def add(self, path: Path) -> None:
+        with self._lock:
+            self._paths.add(path)
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            self._paths.discard(path)
+
+    def remove_all(self) -> None:
+        with self._lock:
+            paths, self._paths = self._paths, set()
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 @dataclass
@@ -179,13 +213,16 @@ def get_pipelined(
     preserve: bool = False,
     window: int = WINDOW,
     replace: bool = False,
+    temps: TempFiles | None = None,
 ) -> None:
     """Download each (remote, local) pair, `window` requests ahead, committing in groups.
     An existing target goes the v1 way (it may be identical), unless `replace` says the
-    caller has checked the targets already."""
+    caller has checked the targets already. `temps` keeps the names of the hidden files
+    being written, for a caller whose threads an interruption may cut short."""
     pending: deque[_Get] = deque()
     written: list[_Written] = []
     eager = "eager" in client.features and (not preserve or "attributes" in client.features)
+    temps = TempFiles() if temps is None else temps
 
     def receive() -> None:
         get = pending.popleft()
@@ -198,7 +235,15 @@ def get_pipelined(
             return
         size, md5 = _checked_header(client, header, preserve)
         temp = get.local.parent / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except OSError as exc:  # this file's folder refuses it: the file fails alone, in step
+            with client._wire():
+                client.stream.recv_data(size, lambda chunk: None)
+                client.conversation.receive(Event.DATA_END)
+            on_done(get.index, exc)
+            return
+        temps.add(temp)
         digest = new_md5(size)
         try:
             with client._wire():
@@ -217,10 +262,12 @@ def get_pipelined(
             digest.close()
             os.close(fd)
             temp.unlink(missing_ok=True)
+            temps.discard(temp)
             raise
         if digest.hexdigest() != md5:
             os.close(fd)
             temp.unlink(missing_ok=True)
+            temps.discard(temp)
             on_done(
                 get.index,
                 ChecksumMismatchError(f"{get.remote}: downloaded data does not match the server's md5"),
@@ -231,13 +278,18 @@ def get_pipelined(
             commit()
 
     def commit() -> None:
-        group = written[:]
-        written.clear()
-        _commit_downloads(group, preserve, on_done)
+        try:
+            _commit_downloads(written, preserve, on_done, temps)
+        finally:
+            written.clear()
 
     try:
         for index, (remote, local) in enumerate(items):
-            local.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                local.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where its folder should be: this file fails alone
+                on_done(index, exc)
+                continue
             if not eager or (not replace and os.path.lexists(local)):  # v1 can see an identical file
                 while pending:
                     receive()
@@ -253,13 +305,25 @@ def get_pipelined(
         while pending:
             receive()
         commit()
+    except BaseException:
+        _out_of_step(client)
+        raise
     finally:
         for left in written:  # interrupted: what was not committed is not kept
-            os.close(left.fd)
+            if left.fd >= 0:
+                os.close(left.fd)
             left.temp.unlink(missing_ok=True)
+            temps.discard(left.temp)
 
 
-def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done) -> None:
+def _out_of_step(client: Client) -> None:
+    """An exchange was cut short (an interruption, a local failure): answers or data are
+    still owed, so nothing more may be read or sent on this connection."""
+    if client.conversation.outstanding:
+        client._drop()
+
+
+def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done, temps: TempFiles) -> None:
     """fsync the group's files at once, rename each over its target, fsync each directory once."""
     if not group:
         return
@@ -278,15 +342,18 @@ def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done) -> N
     directories: dict[Path, list[_Written]] = {}
     for item in group:
         os.close(item.fd)
+        item.fd = -1
         if item.get.index not in failures:
             try:
                 os.replace(item.temp, item.get.local)
             except OSError as exc:
                 failures[item.get.index] = exc
             else:
+                temps.discard(item.temp)
                 directories.setdefault(item.get.local.parent, []).append(item)
                 continue
         item.temp.unlink(missing_ok=True)
+        temps.discard(item.temp)
     for directory, items in directories.items():
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

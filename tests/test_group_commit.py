@@ -220,3 +220,14 @@ def test_a_bug_in_a_group_commit_answers_internal_in_turn_and_keeps_serving(serv
         assert stream.recv()["error"] == "internal"
     assert stream.recv()["type"] == "dir"  # the stat, answered after them: still in step
     assert not [p for p in server.root.iterdir() if p.name.startswith("b")]
+
+
+def test_an_eager_put_then_end_of_stream_is_still_answered(server):
+    """A scripted client (`nc -N`) sends its last request and shuts its side: that end is
+    not a next request, so the group is committed and answered."""
+    stream = connect(server.port)
+    data = os.urandom(3000)
+    stream.sock.sendall(eager_put("last", data))
+    stream.sock.shutdown(socket.SHUT_WR)
+    assert stream.recv() == {"ok": True, "size": len(data), "md5": md5(data), "offset": 0}
+    assert (server.root / "last").read_bytes() == data

@@ -149,3 +149,75 @@ def test_a_corrupted_download_is_refused_and_leaves_nothing(server, tmp_path, mo
         assert isinstance(found[0], ChecksumMismatchError)
     monkeypatch.setattr(local.LocalStorage, "_md5", real)
     assert list(down.iterdir()) == []  # neither the file nor a hidden temp file
+
+
+def test_a_local_failure_fails_that_file_alone_and_keeps_the_connection_in_step(
+    server, tmp_path, monkeypatch
+):
+    for name in ("a", "b", "c"):
+        (server.root / name).write_bytes(name.encode() * 100)
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    real_open = os.open
+
+    def refusing(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("ftpclient.pipeline.os.open", refusing)
+    found, on_done = results()
+    items = [
+        ("/a", tmp_path / "ok" / "a"),
+        ("/b", tmp_path / "ro" / "b"),
+        ("/c", tmp_path / "blocked" / "c"),
+        ("/c", tmp_path / "ok" / "c"),
+    ]
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        get_pipelined(client, items, on_done)
+        assert isinstance(found[1], PermissionError) and isinstance(found[2], OSError)
+        assert isinstance(found[0], Transfer) and isinstance(found[3], Transfer)
+        assert client.stat("/a").size == 100  # the refused file's bytes were read: still in step
+    assert (tmp_path / "ok" / "c").read_bytes() == b"c" * 100
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == ["a", "c"]  # no hidden file left
+
+
+def test_an_interruption_closes_the_client_and_keeps_no_hidden_file(server, tmp_path):
+    for i in range(100):
+        (server.root / f"f{i}").write_bytes(os.urandom(2000))
+
+    def interrupt(index: int, result: Transfer | BaseException) -> None:
+        if index == 10:  # reported while later files are still on their way
+            raise KeyboardInterrupt
+
+    client = Client("127.0.0.1", server.port, timeout=10)
+    with pytest.raises(KeyboardInterrupt):
+        get_pipelined(client, [(f"/f{i}", tmp_path / f"f{i}") for i in range(100)], interrupt)
+    assert client.closed  # answers were still owed: nothing more may be read on it
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".sockftp")]
+    client = Client("127.0.0.1", server.port, timeout=10)
+    sources = [(tmp_path / f"f{i}", f"/up{i}") for i in range(50)]
+    with pytest.raises(KeyboardInterrupt):
+        put_pipelined(client, sources, interrupt)
+    assert client.closed
+    client.close()
+
+
+def test_a_batch_cut_short_keeps_no_hidden_download_file(server, tmp_path):
+    from ftpclient.batch import Batch, Job
+
+    for i in range(600):
+        (server.root / f"f{i:03}").write_bytes(os.urandom(4000))
+    down = tmp_path / "down"
+    jobs = [Job("get", down / f"f{i:03}", f"/f{i:03}", 4000) for i in range(600)]
+    seen = []
+
+    def cut(outcome) -> None:
+        seen.append(outcome)
+        if len(seen) == 150:
+            raise KeyboardInterrupt  # as Ctrl-C in the command line's reporting
+
+    batch = Batch(lambda: Client("127.0.0.1", server.port, timeout=10), workers=4, on_outcome=cut)
+    with pytest.raises(KeyboardInterrupt):
+        batch.run(jobs)
+    assert 150 <= len(seen) < 600
+    assert not [p.name for p in down.iterdir() if p.name.startswith(".sockftp")]

@@ -74,14 +74,18 @@ class FrameStream:
 
     def ready(self) -> bool:
         """Whether bytes of the next frame are here already (buffered, or waiting in the
-        socket): a reader may then go on before answering what it has."""
-        if self._decoder.buffered or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+        socket): a reader may then go on before answering what it has. The end of the
+        stream is not a frame: a peer that sent its last request and shut its side waits
+        for the answer."""
+        if self._decoder.buffered:
             return True
+        if isinstance(self.sock, ssl.SSLSocket):
+            return self.sock.pending() > 0  # bytes already decrypted; a raw peek cannot tell
         try:
             readable, _, _ = select.select([self.sock], [], [], 0)
+            return bool(readable) and bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except (OSError, ValueError):
             return False
-        return bool(readable)
 
     def send(self, message: dict, data: bytes = b"") -> None:
         """Send one frame, and `data` right after it in the same write (an eager put's bytes)."""
