@@ -330,6 +330,7 @@ def walk_remote(client: Client, root: str) -> Iterator[tuple[str, str, list[Entr
 # -- running -------------------------------------------------------------------
 
 PIPELINE_RUN = 64  # small files a worker takes at once when its server offers `eager`
+CLEAN_UP_WAIT = 0.5  # seconds an interrupted batch gives its workers, in all, before it goes
 
 
 class _Crew:
@@ -453,8 +454,9 @@ class Batch:
             self._stop.set()
             for worker in workers:
                 worker.connection.drop()  # unblocks a worker in the middle of a transfer
-            for thread in threads:
-                thread.join(1.0)  # let them clean up: they die with the process otherwise
+            settle_by = time.monotonic() + CLEAN_UP_WAIT  # a moment for them to clean up, not more:
+            for thread in threads:  # a worker blocked in a transfer dies with the process
+                thread.join(max(0.0, settle_by - time.monotonic()))
             self._temps.remove_all()  # pipelined downloads not yet committed are not kept
             raise
         if self._error is not None:
