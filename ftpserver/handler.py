@@ -98,6 +98,8 @@ class Session(socketserver.BaseRequestHandler):
         self.failed_logins = 0
         self.conversation = Conversation(Role.SERVER)
         self.group: list[Pending] = []  # sealed puts whose commit and answer wait for a group
+        self.group_names: set[str] = set()  # their canonical paths
+        self.group_parents: set[str] = set()  # and the directories above them
         self.stream = FrameStream(self.request)
         self.stream.set_timeout(self.limits.idle_timeout)
         self.server.session_started(self)
@@ -406,7 +408,7 @@ class Session(socketserver.BaseRequestHandler):
             result = getattr(exc, "code", exc.__class__.__name__)
             self.log_transfer("put", path, received, started, f"failed ({result})", kept)
             raise
-        self.group.append(Pending(upload, path, size, md5, count, started, upload.offset if eager else None))
+        self.join_group(Pending(upload, path, size, md5, count, started, upload.offset if eager else None))
         self.conversation.defer()
         if not (eager and len(self.group) < GROUP_MAX and self.stream.ready()):
             self.flush()  # else the next request is here already: it may join the group
@@ -415,18 +417,25 @@ class Session(socketserver.BaseRequestHandler):
         """Whether a put of `path` would touch a name a put in the group makes (the same
         file, a parent directory of it, or a file below it)."""
         try:
-            new = join_path(split_path(path))
+            parts = split_path(path)
         except ProtocolError:
             return False  # refused by its own checks, whatever the group holds
-        for pending in self.group:
-            old = join_path(split_path(pending.path))
-            if new == old or new.startswith(old.rstrip("/") + "/") or old.startswith(new.rstrip("/") + "/"):
-                return True
-        return False
+        if join_path(parts) in self.group_parents:
+            return True  # a file of the group lies below it
+        return any(join_path(parts[:depth]) in self.group_names for depth in range(1, len(parts) + 1))
+
+    def join_group(self, pending: Pending) -> None:
+        """Add a sealed put to the group, and its names to what `overlaps()` looks up."""
+        self.group.append(pending)
+        parts = split_path(pending.path)  # valid: the put got this far
+        self.group_names.add(join_path(parts))
+        self.group_parents.update(join_path(parts[:depth]) for depth in range(1, len(parts)))
 
     def flush(self) -> None:
         """Commit the group of sealed puts at once, then give their answers in order."""
         group, self.group = self.group, []
+        self.group_names.clear()
+        self.group_parents.clear()
         if not group:
             return
         try:

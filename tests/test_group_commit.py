@@ -231,3 +231,23 @@ def test_an_eager_put_then_end_of_stream_is_still_answered(server):
     stream.sock.shutdown(socket.SHUT_WR)
     assert stream.recv() == {"ok": True, "size": len(data), "md5": md5(data), "offset": 0}
     assert (server.root / "last").read_bytes() == data
+
+
+def test_a_put_over_the_folder_of_a_put_in_the_group_sees_that_folder(server):
+    stream = connect(server.port)
+    child, parent = b"in the folder", b"a file named like the folder"
+    message = {
+        "op": "put",
+        "path": "dir/sub/child",
+        "size": len(child),
+        "md5": md5(child),
+        "eager": True,
+        "parents": True,
+    }
+    stream.sock.sendall(
+        encode_frame(message) + child + eager_put("dir", parent) + eager_put("dir/sub", parent)
+    )
+    assert stream.recv()["md5"] == md5(child)
+    assert stream.recv()["error"] == "is_a_directory"  # as if sent after the first answer
+    assert stream.recv()["error"] == "is_a_directory"
+    assert (server.root / "dir" / "sub" / "child").read_bytes() == child
