@@ -333,6 +333,12 @@ PIPELINE_RUN = 64  # small files a worker takes at once when its server offers `
 CLEAN_UP_WAIT = 0.5  # seconds an interrupted batch gives its workers, in all, before it goes
 
 
+def _identical(job: Job, entry: Entry, note: str) -> Outcome:
+    """A file both sides hold already, seen by a pipelined stat: skipped, nothing sent."""
+    transfer = Transfer(job.remote, str(job.local), entry.size, entry.md5 or "", 0, 0.0, skipped=True)
+    return Outcome(job, "skipped", transfer, note=note)
+
+
 class _Crew:
     """The workers of one run: which of them got a connection, and the queue they share.
 
@@ -561,10 +567,7 @@ class Batch:
                 if there.size == job.size and there.md5 == md5_file(job.local):
                     if self.preserve and abs(there.mtime - job.local.stat().st_mtime_ns / 1e9) >= 1e-3:
                         continue  # only its time to set: the v1 way does that without sending a byte
-                    skipped = Transfer(
-                        job.remote, str(job.local), there.size, there.md5, 0, 0.0, skipped=True
-                    )
-                    outcomes[index] = Outcome(job, "skipped", skipped, note="identical")
+                    outcomes[index] = _identical(job, there, "identical")
                     continue
                 if self.no_clobber:
                     outcomes[index] = Outcome(job, "skipped", note="exists")
@@ -603,11 +606,8 @@ class Batch:
                 ):
                     if self.preserve and entry.mode is not None:  # as a v1 get with -p does
                         set_attributes(job.local, {"mtime": entry.mtime, "mode": entry.mode})
-                    skipped = Transfer(
-                        job.remote, str(job.local), entry.size, entry.md5, 0, 0.0, skipped=True
-                    )
                     note = f"identical{ATTRIBUTES_SET if self.preserve else ''}"
-                    outcomes[index] = Outcome(job, "skipped", skipped, note=note)
+                    outcomes[index] = _identical(job, entry, note)
                 else:
                     fetch.append((index, job))
 

@@ -75,12 +75,8 @@ def put_pipelined(
 
     def settle() -> None:
         put = pending.popleft()
-        try:
-            result = client._response()
-        except ProtocolError as exc:
-            if exc.closes:
-                raise
-            on_done(put.index, exc)
+        result = _answer(client, put.index, on_done)
+        if result is None:
             return
         if result.get("md5") != put.md5 or result.get("size") != put.size:
             on_done(put.index, ChecksumMismatchError(f"{put.remote}: the server stored a different file"))
@@ -226,12 +222,8 @@ def get_pipelined(
 
     def receive() -> None:
         get = pending.popleft()
-        try:
-            header = client._response()
-        except ProtocolError as exc:
-            if exc.closes:
-                raise
-            on_done(get.index, exc)
+        header = _answer(client, get.index, on_done)
+        if header is None:
             return
         size, md5 = _checked_header(client, header, preserve)
         temp = get.local.parent / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
@@ -372,6 +364,18 @@ def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done, temp
             failure
             or Transfer(get.remote, str(get.local), item.size, item.md5, item.size, _since(get.started)),
         )
+
+
+def _answer(client: Client, index: int, on_done: Done) -> dict | None:
+    """The next answer; an error answer that leaves the connection usable is item
+    `index`'s own failure (reported, None returned); one that ends it is raised."""
+    try:
+        return client._response()
+    except ProtocolError as exc:
+        if exc.closes:
+            raise
+        on_done(index, exc)
+        return None
 
 
 def _in_turn(client: Client, index: int, transfer: Callable[[], Transfer], on_done: Done) -> None:

@@ -186,16 +186,30 @@ def feed(upload: Upload, data: bytes, chunk: int = 64 * 1024) -> None:
 
 
 def begin(
-    storage: Storage, account: Account, path: str, data: bytes, overwrite: bool = True, parents: bool = False
+    storage: Storage,
+    account: Account,
+    path: str,
+    data: bytes,
+    overwrite: bool = True,
+    parents: bool = False,
+    mtime: float | None = None,
+    mode: int | None = None,
 ) -> Upload:
-    return storage.begin_upload(account, path, len(data), md5(data), overwrite, parents)
+    return storage.begin_upload(account, path, len(data), md5(data), overwrite, parents, mtime, mode)
 
 
 def put(
-    storage: Storage, account: Account, path: str, data: bytes, overwrite: bool = True, parents: bool = False
+    storage: Storage,
+    account: Account,
+    path: str,
+    data: bytes,
+    overwrite: bool = True,
+    parents: bool = False,
+    mtime: float | None = None,
+    mode: int | None = None,
 ) -> int:
     """A whole `put` as the session runs it; returns the offset the ack would carry."""
-    upload = begin(storage, account, path, data, overwrite, parents)
+    upload = begin(storage, account, path, data, overwrite, parents, mtime, mode)
     offset = upload.offset
     try:
         feed(upload, data[offset:])
@@ -463,22 +477,9 @@ def test_recursive_rm_stops_at_an_upload_in_progress(storage, alice):
 WHEN = 1_600_000_000.25  # a time in the past, to the quarter second
 
 
-def put_with(storage: Storage, account: Account, path: str, data: bytes, **attributes: object) -> int:
-    """A whole put carrying attributes; returns the offset the ack would carry."""
-    upload = storage.begin_upload(account, path, len(data), md5(data), True, False, **attributes)  # type: ignore[arg-type]
-    offset = upload.offset
-    try:
-        feed(upload, data[offset:])
-        upload.finish()
-    except BaseException:
-        upload.abort()
-        raise
-    return offset
-
-
 def test_a_put_keeps_the_modification_time_and_the_execute_bit(storage, alice):
-    put_with(storage, alice, "tool", b"#!/bin/sh\n", mtime=WHEN, mode=0o755)
-    put_with(storage, alice, "data", b"plain", mtime=WHEN + 1, mode=0o600)
+    put(storage, alice, "tool", b"#!/bin/sh\n", mtime=WHEN, mode=0o755)
+    put(storage, alice, "data", b"plain", mtime=WHEN + 1, mode=0o600)
     tool, data = storage.stat(alice, "tool"), storage.stat(alice, "data")
     assert tool["mtime"] == pytest.approx(WHEN, abs=1e-6) and tool["mode"] & 0o100
     assert data["mtime"] == pytest.approx(WHEN + 1, abs=1e-6) and not data["mode"] & 0o111
@@ -491,8 +492,8 @@ def test_a_put_keeps_the_modification_time_and_the_execute_bit(storage, alice):
 
 def test_an_identical_file_gets_new_attributes_without_a_byte_sent(storage, alice):
     payload = content(20_000, seed=11)
-    put_with(storage, alice, "f", payload, mtime=WHEN)
-    assert put_with(storage, alice, "f", payload, mtime=WHEN + 100, mode=0o755) == len(payload)
+    put(storage, alice, "f", payload, mtime=WHEN)
+    assert put(storage, alice, "f", payload, mtime=WHEN + 100, mode=0o755) == len(payload)
     entry = storage.stat(alice, "f")
     assert entry["mtime"] == pytest.approx(WHEN + 100, abs=1e-6) and entry["mode"] & 0o100
     assert read(storage, alice, "f") == payload and storage.stat(alice, "f")["md5"] == md5(payload)
@@ -501,20 +502,20 @@ def test_an_identical_file_gets_new_attributes_without_a_byte_sent(storage, alic
 def test_files_sharing_content_keep_their_own_attributes(storage, alice):
     """An instant upload may share the bytes of another file; never its attributes."""
     payload = content(20_000, seed=12)
-    put_with(storage, alice, "first", payload, mtime=WHEN, mode=0o644)
-    assert put_with(storage, alice, "second", payload, mtime=WHEN + 5, mode=0o755) == len(payload)
+    put(storage, alice, "first", payload, mtime=WHEN, mode=0o644)
+    assert put(storage, alice, "second", payload, mtime=WHEN + 5, mode=0o755) == len(payload)
     assert put(storage, alice, "third", payload) == len(payload)  # a plain put may share the first's
     first, second = storage.stat(alice, "first"), storage.stat(alice, "second")
     assert first["mtime"] == pytest.approx(WHEN, abs=1e-6) and not first["mode"] & 0o111
     assert second["mtime"] == pytest.approx(WHEN + 5, abs=1e-6) and second["mode"] & 0o100
-    put_with(storage, alice, "third", payload, mtime=WHEN + 9)  # third may share first's inode
+    put(storage, alice, "third", payload, mtime=WHEN + 9)  # third may share first's inode
     assert storage.stat(alice, "third")["mtime"] == pytest.approx(WHEN + 9, abs=1e-6)
     assert storage.stat(alice, "first")["mtime"] == pytest.approx(WHEN, abs=1e-6)
     assert [read(storage, alice, name) for name in ("first", "second", "third")] == [payload] * 3
 
 
 def test_without_overwrite_an_identical_file_keeps_its_attributes(storage, alice):
-    put_with(storage, alice, "f", b"same", mtime=WHEN)
+    put(storage, alice, "f", b"same", mtime=WHEN)
     upload = storage.begin_upload(alice, "f", 4, md5(b"same"), False, False, WHEN + 50, 0o755)
     assert upload.offset == 4
     upload.finish()

@@ -1029,13 +1029,7 @@ class LocalStorage:
         """Remove everything in the open directory `fd` (one descriptor per level)."""
         if depth >= MAX_DEPTH:
             raise ForbiddenError(f"{_short(vpath)}: deeper than the server allows ({MAX_DEPTH} levels)")
-        st = os.fstat(fd)
-        ident = (st.st_dev, st.st_ino)
-        with self._lock:  # from here on no upload may claim a name in it
-            if any(key[:2] == ident for key in self._claims):
-                raise NotEmptyError(f"{_short(vpath)}: an upload into it is in progress")
-            self._removing.add(ident)
-        try:
+        with self._emptying(fd, vpath):
             with os.scandir(fd) as items:
                 names = [item.name for item in items]
             for name in names:
@@ -1047,17 +1041,8 @@ class LocalStorage:
                     finally:
                         os.close(child)
                     os.rmdir(name, dir_fd=fd)
-                    continue
-                with self.usage.lock:
-                    held = _lstat(fd, name)
-                    if held is None or stat_mod.S_ISDIR(held.st_mode):
-                        continue  # gone, or made meanwhile: rmdir of the parent says not_empty
-                    os.unlink(name, dir_fd=fd)
-                    if stat_mod.S_ISREG(held.st_mode):
-                        self.usage.add(where, -held.st_size)
-        finally:
-            with self._lock:
-                self._removing.discard(ident)
+                else:
+                    self._unlink_entry(fd, name, where)
 
     def rename(self, account: Account, path: str, to: str, overwrite: bool) -> None:
         vpath, parts = self._parse(account, path)
@@ -1124,26 +1109,39 @@ class LocalStorage:
                 names = [item.name for item in items]
             if any(not name.startswith(RESERVED_PREFIX) for name in names):
                 raise NotEmptyError(f"{vpath}: directory is not empty")
-            st = os.fstat(fd)
-            ident = (st.st_dev, st.st_ino)
-            with self._lock:  # from here on no upload may claim a name in it
-                if any(key[:2] == ident for key in self._claims):
-                    raise NotEmptyError(f"{vpath}: an upload into it is in progress")
-                self._removing.add(ident)
-            try:
+            with self._emptying(fd, vpath):
                 for name in names:
-                    with self.usage.lock:
-                        held = _lstat(fd, name)
-                        if held is not None and not stat_mod.S_ISDIR(held.st_mode):
-                            os.unlink(name, dir_fd=fd)
-                            if stat_mod.S_ISREG(held.st_mode):
-                                self.usage.add(where, -held.st_size)
+                    self._unlink_entry(fd, name, where)
                 os.rmdir(place.name, dir_fd=place.dir_fd)
-            finally:
-                with self._lock:
-                    self._removing.discard(ident)
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _emptying(self, fd: int, vpath: str) -> Iterator[None]:
+        """While the block empties the open directory `fd`, no upload may claim a name in
+        it; one that holds a name there already makes it `not_empty`."""
+        st = os.fstat(fd)
+        ident = (st.st_dev, st.st_ino)
+        with self._lock:
+            if any(key[:2] == ident for key in self._claims):
+                raise NotEmptyError(f"{_short(vpath)}: an upload into it is in progress")
+            self._removing.add(ident)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._removing.discard(ident)
+
+    def _unlink_entry(self, fd: int, name: str, where: tuple[str, ...]) -> None:
+        """Remove the entry `name` of the open directory `where` unless it is a directory
+        (gone, or made meanwhile: the rmdir after says not_empty); a file's bytes leave usage."""
+        with self.usage.lock:
+            held = _lstat(fd, name)
+            if held is None or stat_mod.S_ISDIR(held.st_mode):
+                return
+            os.unlink(name, dir_fd=fd)  # a link itself, never what it points at
+            if stat_mod.S_ISREG(held.st_mode):
+                self.usage.add(where, -held.st_size)
 
     def remove_stale_partials(self, max_age: float) -> int:
         cutoff = time.time() - max_age
