@@ -37,6 +37,7 @@ from pathlib import Path
 
 from ftpproto import ChecksumMismatchError, Event, ProtocolError, ProtocolMismatchError
 from ftpproto.io import new_md5
+from ftpproto.io.writeback import sync_filesystems
 from ftpproto.messages import EAGER_PUT_MAX, check_type, validate_md5
 
 from .client import PARTIAL_PREFIX, Client, Entry, Transfer, open_regular, set_attributes
@@ -316,21 +317,31 @@ def _out_of_step(client: Client) -> None:
 
 
 def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done, temps: TempFiles) -> None:
-    """fsync the group's files at once, rename each over its target, fsync each directory once."""
+    """Make the group's files durable at once (one `syncfs`, or an fsync each in parallel),
+    rename each over its target, fsync each directory once."""
     if not group:
         return
     failures: dict[int, OSError] = {}
-
-    def sync(item: _Written) -> None:
+    for item in group:
         try:
             if preserve:
                 set_attributes(item.fd, item.header)
+        except OSError as exc:
+            failures[item.get.index] = exc
+    flushed = sync_filesystems([-1 if item.get.index in failures else item.fd for item in group])
+
+    def sync(item: _Written) -> None:
+        try:
             os.fsync(item.fd)
         except OSError as exc:
             failures[item.get.index] = exc
 
-    with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(group))) as pool:
-        list(pool.map(sync, group))
+    left = [
+        item for index, item in enumerate(group) if index not in flushed and item.get.index not in failures
+    ]
+    if left:
+        with ThreadPoolExecutor(max_workers=min(SYNC_THREADS, len(left))) as pool:
+            list(pool.map(sync, left))
     directories: dict[Path, list[_Written]] = {}
     for item in group:
         os.close(item.fd)

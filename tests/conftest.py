@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -46,6 +47,20 @@ def password_hash(user: str) -> str:
     if user not in _HASHES:
         _HASHES[user] = hash_password(PASSWORDS[user])
     return _HASHES[user]
+
+
+def counting_fsyncs(monkeypatch) -> list[int]:
+    """Record the descriptors of regular files fsynced from now on (directories aside)."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
 
 
 def write_config(tmp_path: Path, **sections: object) -> Path:

@@ -7,15 +7,17 @@ import hashlib
 import os
 import signal
 import socket
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from ftpproto import encode_frame
-from ftpproto.io import FrameStream, PeerClosedError, ShortReadError
+from ftpproto.io import FrameStream, PeerClosedError, ShortReadError, writeback
 from ftpserver.storage.local import LocalStorage
 
-from .conftest import wait_until, write_config
+from .conftest import counting_fsyncs, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -251,3 +253,42 @@ def test_a_put_over_the_folder_of_a_put_in_the_group_sees_that_folder(server):
     assert stream.recv()["error"] == "is_a_directory"  # as if sent after the first answer
     assert stream.recv()["error"] == "is_a_directory"
     assert (server.root / "dir" / "sub" / "child").read_bytes() == child
+
+
+def put_group(server, names: list[str]) -> dict[str, bytes]:
+    files = {name: os.urandom(4096) for name in names}
+    stream = connect(server.port)
+    stream.sock.sendall(b"".join(eager_put(name, data) for name, data in files.items()))
+    for data in files.values():
+        assert stream.recv()["md5"] == md5(data)
+    return files
+
+
+@pytest.mark.skipif(not writeback.SYNCFS, reason="syncfs reports failures on Linux 5.8+ only")
+def test_a_group_is_made_durable_by_one_syncfs_not_an_fsync_per_file(server, monkeypatch):
+    synced = counting_fsyncs(monkeypatch)
+    files = put_group(server, [f"s{i:02}" for i in range(40)])
+    assert all((server.root / name).read_bytes() == data for name, data in files.items())
+    assert len(synced) < len(files) / 2, synced  # the lone puts between groups fsync their own file
+
+
+def test_when_syncfs_reports_a_failure_every_file_is_fsynced_on_its_own(server, monkeypatch):
+    monkeypatch.setattr(writeback, "_SYNCFS", lambda fd: -1)  # the kernel's "some write-back failed"
+    synced = counting_fsyncs(monkeypatch)
+    files = put_group(server, [f"f{i:02}" for i in range(40)])
+    assert all((server.root / name).read_bytes() == data for name, data in files.items())
+    assert len(synced) == len(files)
+
+
+def test_sync_filesystems_covers_each_filesystem_and_skips_what_has_nothing_to_sync(tmp_path):
+    shm = tempfile.TemporaryDirectory(dir="/dev/shm") if os.path.isdir("/dev/shm") else None
+    folders = [tmp_path] + ([Path(shm.name)] if shm else [])
+    fds = [os.open(folder / f"f{i}", os.O_RDWR | os.O_CREAT, 0o600) for folder in folders for i in range(2)]
+    try:
+        durable = writeback.sync_filesystems([*fds, -1])
+        assert durable == (set(range(len(fds))) if writeback.SYNCFS else set())
+    finally:
+        for fd in fds:
+            os.close(fd)
+        if shm:
+            shm.cleanup()

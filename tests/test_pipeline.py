@@ -11,9 +11,10 @@ import pytest
 from ftpclient import Client, Transfer
 from ftpclient.pipeline import get_pipelined, put_pipelined
 from ftpproto import ChecksumMismatchError, ForbiddenError, IsDirectoryError, NotFoundError
+from ftpproto.io import writeback
 from ftpproto.messages import EAGER_PUT_MAX
 
-from .conftest import PASSWORDS
+from .conftest import PASSWORDS, counting_fsyncs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -221,3 +222,21 @@ def test_a_batch_cut_short_keeps_no_hidden_download_file(server, tmp_path):
         batch.run(jobs)
     assert 150 <= len(seen) < 600
     assert not [p.name for p in down.iterdir() if p.name.startswith(".sockftp")]
+
+
+@pytest.mark.parametrize("syncfs_works", [True, False])
+def test_downloads_are_made_durable_together_or_each_on_its_own(server, tmp_path, monkeypatch, syncfs_works):
+    if syncfs_works and not writeback.SYNCFS:
+        pytest.skip("syncfs reports failures on Linux 5.8+ only")
+    if not syncfs_works:
+        monkeypatch.setattr(writeback, "_SYNCFS", lambda fd: -1)  # the kernel's "some write-back failed"
+    files = {f"f{i:02}": os.urandom(3000 + i) for i in range(40)}
+    for name, data in files.items():
+        (server.root / name).write_bytes(data)
+    synced = counting_fsyncs(monkeypatch)
+    found, on_done = results()
+    with Client("127.0.0.1", server.port, timeout=10) as client:
+        get_pipelined(client, [(f"/{name}", tmp_path / name) for name in files], on_done)
+    assert all(isinstance(r, Transfer) for r in found.values()), found
+    assert all((tmp_path / name).read_bytes() == data for name, data in files.items())
+    assert len(synced) == (0 if syncfs_works else len(files))
