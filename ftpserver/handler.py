@@ -54,6 +54,7 @@ __all__ = ["LS_PAGE", "Session"]
 log = logging.getLogger("ftpserver.session")
 LS_PAGE = 1000
 GROUP_MAX = 64  # eager puts committed together at most
+EAGER_GET_INLINE = 64 * 1024  # an eager get this small is read and sent with its header
 HANDSHAKE_TIMEOUT = 10.0
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -198,13 +199,14 @@ class Session(socketserver.BaseRequestHandler):
         self.conversation.receive(*client_event(self.conversation.state, message))
         return message
 
-    def reply(self, message: dict, event: Event = Event.ANSWER) -> None:
+    def reply(self, message: dict, event: Event = Event.ANSWER, data: bytes = b"") -> None:
         """Send a frame of the exchange, which `event` moves on (after the answers owed
-        to earlier puts: answers go in the order of their requests)."""
+        to earlier puts: answers go in the order of their requests), and `data` in the
+        same write."""
         if self.group:
             self.flush()
         self.conversation.send(event)
-        self.stream.send(message)
+        self.stream.send(message, data)
 
     def send_error(self, exc: ProtocolError) -> None:
         """Answer with `exc`: closing wherever the exchange cannot go on in step after it,
@@ -329,20 +331,26 @@ class Session(socketserver.BaseRequestHandler):
             header = {"ok": True, "size": snapshot.size, "md5": snapshot.md5, "offset": offset}
             if attributes:  # the attributes extension, asked for: a v1 header stays as it was
                 header.update(mtime=snapshot.mtime, mode=snapshot.mode)
-            self.reply(header, Event.HEADER)
-            if not eager:  # an eager get's data follows its header unasked
-                self.receive(self.limits.idle_timeout, "ack or cancel")
-            if self.conversation.state is State.IDLE:  # cancelled
-                self.log_transfer("get", path, 0, started, "cancelled")
-                return
             count = snapshot.size - offset
             limiter = self.server.rate_limiter(self.acting)
+            inline = eager and limiter is None and 0 < count <= EAGER_GET_INLINE
+            data = snapshot.read(offset, count) if inline else b""
             try:
-                with self.stream.timed(self.limits.stall_timeout):
-                    if limiter is None:
-                        self.stream.send_file(snapshot.file, offset, count)
-                    else:
-                        self.stream.send_file(snapshot.file, offset, count, limiter.consume, limiter.CHUNK)
+                with self.stream.timed(self.limits.stall_timeout if inline else self.stream.timeout):
+                    self.reply(header, Event.HEADER, data)  # a small eager get's bytes go with it
+                if not eager:  # an eager get's data follows its header unasked
+                    self.receive(self.limits.idle_timeout, "ack or cancel")
+                if self.conversation.state is State.IDLE:  # cancelled
+                    self.log_transfer("get", path, 0, started, "cancelled")
+                    return
+                if not inline:
+                    with self.stream.timed(self.limits.stall_timeout):
+                        if limiter is None:
+                            self.stream.send_file(snapshot.file, offset, count)
+                        else:
+                            self.stream.send_file(
+                                snapshot.file, offset, count, limiter.consume, limiter.CHUNK
+                            )
             except OSError as exc:  # includes a stall: the peer stopped reading
                 self.log_transfer("get", path, 0, started, f"aborted ({exc.__class__.__name__})")
                 raise

@@ -14,7 +14,7 @@ import stat as stat_mod
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from ftpproto import ProtocolError
+from ftpproto import InternalError, ProtocolError
 
 from ..config import Account
 
@@ -44,6 +44,15 @@ class Snapshot:
     md5: str
     mtime: float = 0.0
     mode: int = 0o644  # permission bits
+
+    def read(self, offset: int, count: int) -> bytes:
+        """`count` bytes from `offset`, read at once (a small file sent with its header);
+        an internal error if the file ends first (changed behind the server's back)."""
+        self.file.seek(offset)
+        data = self.file.read(count)
+        if len(data) != count:
+            raise InternalError(f"the file ended {count - len(data)} bytes before its size")
+        return data
 
     def close(self) -> None:
         self.file.close()
