@@ -70,6 +70,13 @@ def write_small_files(folder: Path, count: int, size: int) -> list[str]:
     return names
 
 
+def write_tree(folder: Path, count: int, folders: int, size: int) -> None:
+    """`count` files of `size` random bytes spread evenly over `folders` sub-folders."""
+    for index in range(folders):
+        share = count // folders + (1 if index < count % folders else 0)
+        write_small_files(folder / f"d{index:02d}", share, size)
+
+
 def link_tree(source: Path, target: Path) -> None:
     """Hard-link every file of `source` into `target` (instant, and costs no space)."""
     for path in source.rglob("*"):
@@ -143,6 +150,15 @@ def _descendants(root: int) -> list[int]:
         found.append(pid)
         stack.extend(children.get(pid, []))
     return found
+
+
+def await_children_gone(pid: int, timeout: float = 1.0) -> None:
+    """Wait (at most `timeout` s) until process `pid` has no children left. A forking server's
+    session processes end a little after their clients, and their CPU time counts as the
+    server's own only once it has reaped them: until then it looks like other processes'."""
+    end = time.monotonic() + timeout
+    while len(_descendants(pid)) > 1 and time.monotonic() < end:
+        time.sleep(0.01)
 
 
 class PeakRss:

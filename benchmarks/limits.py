@@ -14,6 +14,12 @@ durable    small files written the way a server that never answers `ok` before
            the data is on disk must write them, with no network and no checks:
            create a temp file, write, fsync, rename, fsync the folder; on 4
            threads. A file server that fsyncs cannot store small files faster.
+
+And one in seconds, the floor under the concurrent clients' wall time:
+
+clients    what N clients getting one file each must do on their own side,
+           whatever the server: N threads in one process each MD5 the file's
+           bytes from memory, and (durable) write them to a file and fsync it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from harness import MIB
 
@@ -123,7 +130,39 @@ def durable_files_rate(folder: Path, count: int, size: int, threads: int = DURAB
         finally:
             os.close(directory)
 
-    workers = [threading.Thread(target=write, args=(range(k, count, threads),)) for k in range(threads)]
+    return count / _time_threads(write, [range(k, count, threads) for k in range(threads)], folder)
+
+
+def clients_work_seconds(
+    folder: Path, clients: int, size: int, durable: bool, chunk: int = RECV_BUFFER
+) -> float:
+    """Seconds for `clients` threads to each MD5 `size` bytes from memory in `chunk`s, and
+    if `durable` also write each chunk to a file of its own and fsync it (files removed
+    after): the concurrent clients' own work, with no network and no server."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = memoryview(os.urandom(size))
+
+    def work(index: int) -> None:
+        digest = hashlib.md5()
+        if not durable:
+            for offset in range(0, size, chunk):
+                digest.update(data[offset : offset + chunk])
+            return
+        with open(folder / f"client{index}.bin", "wb") as file:
+            for offset in range(0, size, chunk):
+                piece = data[offset : offset + chunk]
+                digest.update(piece)
+                file.write(piece)
+            file.flush()
+            os.fsync(file.fileno())
+
+    return _time_threads(work, list(range(clients)), folder)
+
+
+def _time_threads(work: Callable[[Any], None], items: list, folder: Path) -> float:
+    """Seconds for `work(item)` on one thread per item, all started together; then the
+    files they wrote into `folder` are removed."""
+    workers = [threading.Thread(target=work, args=(item,)) for item in items]
     started = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -132,4 +171,4 @@ def durable_files_rate(folder: Path, count: int, size: int, threads: int = DURAB
     seconds = time.perf_counter() - started
     for entry in os.scandir(folder):
         os.unlink(entry.path)
-    return count / seconds
+    return seconds

@@ -1,12 +1,15 @@
-"""Benchmark sockftp against pyftpdlib and OpenSSH sftp on this machine, over 127.0.0.1 only.
+"""Benchmark sockftp against pyftpdlib, OpenSSH sftp, rsync and vsftpd on this machine, over 127.0.0.1 only.
 
-    python benchmarks/run.py [--quick] [--reps N] [--peers sockftp,pyftpdlib,sftp,s3] [--json-out FILE]
+    python benchmarks/run.py [--quick] [--reps N] [--peers sockftp,pyftpdlib,sftp,rsync,vsftpd,s3]
+                             [--json-out FILE]
 
 Measures the machine's limits (one-core MD5, a raw loopback copy, the same
-copy hashed and written to disk), then runs every workload `reps` times
-against each peer it can start: a big get and put, a repeated put, batches of
-small files over 1 and 4 connections, many concurrent clients, and a series of
-logins; and sockftp on its s3 backend next to boto3 on the same object store
+copy hashed and written to disk, durable small-file writes, the concurrent
+clients' own work), then runs every workload `reps` times against each peer it
+can start: a big get and put, a repeated put, batches of small files over 1 and
+4 connections, many concurrent clients, a series of logins, and a tree of small
+files moved by each tool's own command line (rsync and vsftpd take part in the
+last two kinds only); and sockftp on its s3 backend next to boto3 on the same object store
 (a SeaweedFS on 127.0.0.1). Prints one table (median, min-max, ratios to the limits), the
 targets met or not, and writes every figure to JSON. See benchmarks/README.md.
 
@@ -37,6 +40,7 @@ from harness import (
     source_version,
     write_data_file,
     write_small_files,
+    write_tree,
 )
 from peers import PEERS, Peer, PeerUnavailableError
 from report import Results, render_table, render_targets, table_rows, write_json
@@ -45,7 +49,14 @@ from workloads import QUICK, Bench, Plan, judge_targets, measure_limits, run_all
 
 BUSY_LOAD = 0.5  # 1-minute load average above which the run warns that it is not alone
 BUSY_SHARE = 0.05  # share of the machine's CPU taken by other processes that earns a note
-PEER_NAMES = {"sockftp": "sockftp", "pyftpdlib": "ftp", "sftp": "sftp", "s3": "s3"}
+PEER_NAMES = {
+    "sockftp": "sockftp",
+    "pyftpdlib": "ftp",
+    "sftp": "sftp",
+    "rsync": "rsync",
+    "vsftpd": "vsftpd",
+    "s3": "s3",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -93,15 +104,16 @@ def build_plan(args: argparse.Namespace) -> Plan:
 def make_data(folder: Path, plan: Plan) -> list[str]:
     """Two sets of test files; returns the small files' names (the same in both).
 
-    get/ (big.bin, mid.bin for the concurrent clients, small/) is hard-linked into
-    every server as seed/. put/ (big.bin, small/) holds other bytes and is on no
-    server before it is put: sockftp links in an upload whose MD5 it already
-    stores, so putting a copy of a seed file would send nothing.
+    get/ (big.bin, mid.bin for the concurrent clients, small/, tree/) is hard-linked
+    into every server as seed/. put/ (big.bin, small/, tree/) holds other bytes and
+    is on no server before it is put: sockftp links in an upload whose MD5 it
+    already stores, so putting a copy of a seed file would send nothing.
     """
     for kind in ("get", "put"):
         (folder / kind).mkdir(parents=True)
         write_data_file(folder / kind / "big.bin", plan.big, kind.encode())
         names = write_small_files(folder / kind / "small", plan.small_count, plan.small_size)
+        write_tree(folder / kind / "tree", plan.tree_count, plan.tree_folders, plan.small_size)
     write_data_file(folder / "get" / "mid.bin", plan.client_file, b"mid")
     return names
 
@@ -182,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         ran = run(args, plan, results, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    ours = next((peer.name for peer in ran if peer.kind == "sockftp"), "sockftp")
-    others = [peer.name for peer in ran if peer.kind != "sockftp"]
-    targets = judge_targets(results, plan, ours, others)
+    targets = judge_targets(results, plan, ran)
     print()
     print(render_table(table_rows(results)))
     print("\ntargets:")

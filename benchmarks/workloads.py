@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import limits
-from harness import MIB, CpuShare, Deadline, PeakRss, run_worker
-from peers import Peer
+from harness import MIB, CpuShare, Deadline, PeakRss, await_children_gone, run_worker
+from peers import BATCH, BIG, MANY, TREE, Peer
 from report import LIMIT_WORKLOAD, LIMITS, THROUGHPUT, Results, Target
 
 KIB = 1024
@@ -26,6 +26,7 @@ SERVER_RSS = "server peak RSS (MiB)"
 CLIENT_RSS = "client peak RSS (MiB)"
 RATE = f"rate ({THROUGHPUT})"
 FILES_RATE = "files/s"
+WALL = "wall time (s)"
 DURABLE_LIMIT = f"durable small-file writes, {limits.DURABLE_THREADS} threads ({FILES_RATE})"
 
 
@@ -45,8 +46,10 @@ class Plan:
     clients: int = 100
     client_file: int = 10 * MIB
     logins: int = 1000
+    tree_count: int = 2000  # the CLI tree: this many files of `small_size`...
+    tree_folders: int = 20  # ...spread evenly over this many folders
     reps: int = 3
-    deadline: float = 900.0  # the full run takes about 8 minutes here
+    deadline: float = 900.0  # the full run takes about 13 minutes here (estimated)
     op_timeout: float = 300.0
 
     @property
@@ -68,6 +71,14 @@ class Plan:
     def concurrent(self) -> str:
         return f"{self.clients} clients x {size_label(self.client_file)} get"
 
+    def clients_work(self, durable: bool) -> str:
+        """The limit row of the concurrent clients' own work (seconds)."""
+        work = "MD5 + write + fsync" if durable else "MD5"
+        return f"{self.clients} clients' own work: {work} of {size_label(self.client_file)} each (s)"
+
+    def tree(self, step: str) -> str:
+        return f"CLI tree {self.tree_count} x {size_label(self.small_size)}, {step}"
+
     @property
     def logins_per_rep(self) -> int:
         """The logins are split over the repetitions: `logins` in all, not per repetition."""
@@ -78,7 +89,18 @@ class Plan:
         return f"{self.reps} x {self.logins_per_rep} connect+login+quit"
 
 
-QUICK = Plan(big=64 * MIB, small_count=200, clients=20, logins=100, reps=1, deadline=240.0, op_timeout=60.0)
+QUICK = Plan(
+    big=64 * MIB,
+    small_count=200,
+    clients=20,
+    logins=100,
+    tree_count=200,
+    reps=1,
+    deadline=300.0,
+    op_timeout=60.0,
+)
+TREE_UPLOAD, TREE_AGAIN, TREE_DOWNLOAD = "upload", "upload again, unchanged", "download"
+LOCKSTEP = "v1"  # the label suffix of sockftp's batches moved one v1 exchange per file
 
 
 @dataclass
@@ -105,13 +127,15 @@ class Bench:
         spec: dict,
         label: str | None = None,
         tolerate_failures: bool = False,
+        prepare: Callable[[], object] | None = None,
     ) -> tuple[dict, float] | None:
         """One repetition in a worker process: (its result, server peak RSS), or None if it
         failed. `spec` may name its own client as `peer`; `label` is the table's peer column.
-        Failures inside the op fail the repetition unless `tolerate_failures`."""
+        Failures inside the op fail the repetition unless `tolerate_failures`. `prepare`
+        runs before each attempt (an attempt run again must start from the same state)."""
         label = label or peer.name
         try:
-            result, rss, busy = self._measure({"peer": peer.client, **spec}, peer.pid, label)
+            result, rss, busy = self._measure({"peer": peer.client, **spec}, peer.pid, label, prepare)
             if result.get("failures") and not tolerate_failures:
                 raise RuntimeError(f"{result['failures']} failed: {result.get('errors')}")
         except RuntimeError as exc:
@@ -124,14 +148,19 @@ class Bench:
             )
         return result, rss
 
-    def _measure(self, spec: dict, server: int, label: str) -> tuple[dict, float, float]:
+    def _measure(
+        self, spec: dict, server: int, label: str, prepare: Callable[[], object] | None
+    ) -> tuple[dict, float, float]:
         """Run the worker, again (at most BUSY_RETRIES times) while other processes
         take more than BUSY_SHARE of the CPU; (result, server peak RSS, others' share)."""
         for attempt in range(1 + BUSY_RETRIES):
+            if prepare is not None:
+                prepare()
             cpu = CpuShare(server)
             timeout = self.deadline.timeout(self.plan.op_timeout)
             with PeakRss(server) as rss:  # the op stops itself (budget) before it is killed
                 result = run_worker({**spec, "budget": 0.9 * timeout}, timeout)
+            await_children_gone(server)
             busy = cpu.others()[1]
             if busy <= BUSY_SHARE or attempt == BUSY_RETRIES:
                 break
@@ -164,6 +193,13 @@ def measure_limits(bench: Bench) -> None:
         )
         if rep > 0:
             bench.results.add(LIMIT_WORKLOAD, "-", DURABLE_LIMIT, rate)
+        for durable in (False, True):
+            bench.deadline.check()
+            seconds = limits.clients_work_seconds(
+                sink.parent / "clients", bench.plan.clients, bench.plan.client_file, durable
+            )
+            if rep > 0:
+                bench.results.add(LIMIT_WORKLOAD, "-", bench.plan.clients_work(durable), seconds)
 
 
 # -- workloads --------------------------------------------------------------------
@@ -182,9 +218,9 @@ def big_get(bench: Bench, peer: Peer) -> None:
 def big_put(bench: Bench, peer: Peer) -> None:
     workload, size = bench.plan.big_put, bench.plan.big
     for _ in range(bench.plan.reps):
-        peer.reset_uploads()
         spec = {"op": "transfer", "direction": "put", "local": str(bench.data / "put" / "big.bin")}
-        outcome = bench.run(workload, peer, RATE, {**spec, "remote": peer.remote("up/big.bin"), "size": size})
+        spec.update(remote=peer.remote("up/big.bin"), size=size)
+        outcome = bench.run(workload, peer, RATE, spec, prepare=peer.reset_uploads)
         if outcome:
             record_transfer(bench, workload, peer, outcome, size)
 
@@ -212,27 +248,32 @@ def big_put_again(bench: Bench, peer: Peer) -> None:
             bench.results.add(workload, peer.name, SERVER_RSS, server_rss)
 
 
-def batch(bench: Bench, peer: Peer, direction: str, workers: int) -> None:
+def batch(bench: Bench, peer: Peer, direction: str, workers: int, lockstep: bool = False) -> None:
+    """The small files over `workers` connections; sockftp pipelines them unless `lockstep`
+    (one v1 exchange per file: the "sockftp v1" rows)."""
     workload = bench.plan.batch(direction, workers)
+    label = f"{peer.name} {LOCKSTEP}" if lockstep else peer.name
     for _ in range(bench.plan.reps):
-        scratch = bench.fresh_scratch()
         if direction == "put":
-            peer.reset_uploads()
-            local_dir, remote_dir = bench.data / "put" / "small", peer.remote("up/small")
+            local_dir, remote_dir, prepare = bench.data / "put" / "small", "up/small", peer.reset_uploads
         else:
-            local_dir, remote_dir = scratch / "small", peer.remote("seed/small")
+            local_dir, remote_dir, prepare = bench.scratch / "small", "seed/small", bench.fresh_scratch
         spec = {
             "op": "batch",
             "direction": direction,
             "workers": workers,
             "names": bench.names,
             "local_dir": str(local_dir),
-            "remote_dir": remote_dir,
+            "remote_dir": peer.remote(remote_dir),
             "size": bench.plan.small_size,
+            "lockstep": lockstep,
         }
-        outcome = bench.run(workload, peer, FILES_RATE, spec)
+        outcome = bench.run(workload, peer, FILES_RATE, spec, label, prepare=prepare)
         if outcome:
-            bench.results.add(workload, peer.name, FILES_RATE, outcome[0]["files"] / outcome[0]["seconds"])
+            result = outcome[0]
+            bench.results.add(workload, label, FILES_RATE, result["files"] / result["seconds"])
+            if peer.kind == "sockftp" and not lockstep and not result["pipelined"]:
+                bench.results.notes.append(f"{label}, {workload}: the server offers no `eager`: v1 exchanges")
 
 
 def concurrent(bench: Bench, peer: Peer, label: str, client: dict) -> None:
@@ -250,7 +291,7 @@ def concurrent(bench: Bench, peer: Peer, label: str, client: dict) -> None:
         if outcome:
             result, server_rss = outcome
             done = result["clients"] - result["failures"]
-            bench.results.add(workload, label, "wall time (s)", result["seconds"])
+            bench.results.add(workload, label, WALL, result["seconds"])
             bench.results.add(workload, label, RATE, done * plan.client_file / MIB / result["seconds"])
             bench.results.add(workload, label, "failures", result["failures"])
             bench.results.add(workload, label, SERVER_RSS, server_rss)
@@ -275,25 +316,96 @@ def logins(bench: Bench, peer: Peer, label: str, client: dict) -> None:
         bench.results.add(workload, label, "failures", result["failures"])
 
 
+def cli_label(peer: Peer) -> str:
+    """The tree rows' peer column: the server and the command-line client that drives it."""
+    return f"{peer.name} ({peer.cli_name})"
+
+
+def tree_problem(folder: Path, count: int, size: int) -> str | None:
+    """What is wrong with a tree that should hold `count` files of `size` bytes, or None."""
+    if not folder.is_dir():
+        return f"{folder} is missing"
+    files = [path for path in folder.rglob("*") if not path.is_dir()]
+    wrong = [path.name for path in files if not path.is_file() or path.stat().st_size != size]
+    if len(files) != count or wrong:
+        return f"{folder}: {len(files)} files (expected {count}), {len(wrong)} not {size} bytes: {wrong[:3]}"
+    return None
+
+
+def tree_upload(bench: Bench, peer: Peer, again: bool) -> None:
+    """The test tree uploaded by the peer's own command line into `up/tree`: fresh (`up/`
+    emptied before each attempt), or `again` onto the complete tree, unchanged."""
+    workload = bench.plan.tree(TREE_AGAIN if again else TREE_UPLOAD)
+    command = peer.tree_command("put", bench.data / "put" / "tree", "up/tree")
+    if command is None:
+        return
+    spec = {"op": "command", "argv": command.argv, "env": command.env, "stdin": command.stdin}
+    target, plan = peer.storage / "up" / "tree", bench.plan
+    if again and tree_problem(target, plan.tree_count, plan.small_size):  # the fresh uploads failed
+        peer.reset_uploads()
+        timeout = bench.deadline.timeout(plan.op_timeout)
+        try:
+            run_worker({"peer": peer.client, **spec, "budget": timeout}, timeout)
+        except RuntimeError as exc:
+            bench.results.fail(workload, cli_label(peer), FILES_RATE, f"no tree to upload again: {exc}")
+            return
+    for _ in range(plan.reps):
+        prepare = None if again else peer.reset_uploads
+        outcome = bench.run(workload, peer, FILES_RATE, spec, cli_label(peer), prepare=prepare)
+        record_tree(bench, workload, peer, outcome, target)
+
+
+def tree_download(bench: Bench, peer: Peer) -> None:
+    """`seed/tree` downloaded by the peer's own command line into an empty scratch folder."""
+    workload = bench.plan.tree(TREE_DOWNLOAD)
+    target = bench.scratch / "tree"
+    command = peer.tree_command("get", target, "seed/tree")
+    if command is None:
+        return
+    spec = {"op": "command", "argv": command.argv, "env": command.env, "stdin": command.stdin}
+    for _ in range(bench.plan.reps):
+        outcome = bench.run(workload, peer, FILES_RATE, spec, cli_label(peer), prepare=bench.fresh_scratch)
+        record_tree(bench, workload, peer, outcome, target)
+
+
+def record_tree(
+    bench: Bench, workload: str, peer: Peer, outcome: tuple[dict, float] | None, target: Path
+) -> None:
+    """files/s of one tree command, once the tree it made is checked (outside the timed span)."""
+    if outcome is None:
+        return
+    label, plan = cli_label(peer), bench.plan
+    problem = tree_problem(target, plan.tree_count, plan.small_size)
+    if problem:
+        bench.results.fail(workload, label, FILES_RATE, problem)
+        print(f"    {label}: {workload}: FAILED: {problem}", flush=True)
+        return
+    bench.results.add(workload, label, FILES_RATE, plan.tree_count / outcome[0]["seconds"])
+
+
 def run_all(bench: Bench, peer: Peer) -> None:
-    """Every workload against one started peer, in the table's order."""
-    steps: list[tuple[str, Callable[[], None]]] = [
-        (bench.plan.big_get, lambda: big_get(bench, peer)),
-        (bench.plan.big_put, lambda: big_put(bench, peer)),
-    ]
-    if peer.kind == "sockftp":
-        steps.append((bench.plan.big_put_again, lambda: big_put_again(bench, peer)))
-    for direction in ("put", "get"):
+    """Every workload the peer takes part in (`peer.workloads`), in the table's order."""
+    plan = bench.plan
+    steps: list[tuple[str, Callable[[], None]]] = []
+    if BIG in peer.workloads:
+        steps.append((plan.big_get, lambda: big_get(bench, peer)))
+        steps.append((plan.big_put, lambda: big_put(bench, peer)))
+        if peer.kind == "sockftp":
+            steps.append((plan.big_put_again, lambda: big_put_again(bench, peer)))
+    for direction in ("put", "get") if BATCH in peer.workloads else ():
         for workers in (1, 4):
-            steps.append(
-                (
-                    bench.plan.batch(direction, workers),
-                    lambda d=direction, w=workers: batch(bench, peer, d, w),
-                )
-            )
-    for workload, step in ((bench.plan.concurrent, concurrent), (bench.plan.logins_label, logins)):
-        for label, client in peer.login_variants():
-            steps.append((workload, lambda s=step, n=label, c=client: s(bench, peer, n, c)))
+            # sockftp also lock-step with 4 connections, the targets' row (1 more would cost time)
+            for lockstep in (False, True) if peer.kind == "sockftp" and workers == 4 else (False,):
+                name = plan.batch(direction, workers) + (f" ({LOCKSTEP})" if lockstep else "")
+                steps.append((name, lambda d=direction, w=workers, v=lockstep: batch(bench, peer, d, w, v)))
+    if MANY in peer.workloads:
+        for workload, step in ((plan.concurrent, concurrent), (plan.logins_label, logins)):
+            for label, client in peer.login_variants():
+                steps.append((workload, lambda s=step, n=label, c=client: s(bench, peer, n, c)))
+    if TREE in peer.workloads and peer.cli_name:
+        steps.append((plan.tree(TREE_UPLOAD), lambda: tree_upload(bench, peer, again=False)))
+        steps.append((plan.tree(TREE_AGAIN), lambda: tree_upload(bench, peer, again=True)))
+        steps.append((plan.tree(TREE_DOWNLOAD), lambda: tree_download(bench, peer)))
     for workload, step in steps:
         print(f"  {peer.name}: {workload}", flush=True)
         step()
@@ -302,17 +414,25 @@ def run_all(bench: Bench, peer: Peer) -> None:
 # -- targets ----------------------------------------------------------------------
 
 
-def judge_targets(results: Results, plan: Plan, ours: str, peers: list[str]) -> list[Target]:
+def judge_targets(results: Results, plan: Plan, ran: list[Peer]) -> list[Target]:
+    """Issue #12's targets, then the older ones still measured, from the peers that ran."""
+    ours = next((peer for peer in ran if peer.kind == "sockftp"), None)
+    name = ours.name if ours else "sockftp"
+    others = [peer for peer in ran if peer.kind != "sockftp"]
     md5 = results.limit("md5")
-    targets = [
-        _rate_target(results, plan.big_get, ours, "verified get >= 0.85 x MD5", 0.85, md5),
-        _rate_target(results, plan.big_put, ours, "fresh put >= 0.85 x MD5 / 2", 0.425, md5),
-        _repeat_target(results, plan, ours),
-        _batch_target(results, plan, ours, peers),
-        _concurrent_target(results, plan, ours),
-        _big_rss_target(results, plan, ours),
+    return [
+        _batch_target(results, plan, "put", name, [peer.name for peer in others]),
+        _batch_target(results, plan, "get", name, [peer.name for peer in others]),
+        _tree_target(results, plan, TREE_UPLOAD, ours, [peer for peer in others if peer.cli_name]),
+        _tree_target(results, plan, TREE_DOWNLOAD, ours, [peer for peer in others if peer.cli_name]),
+        _tree_target(results, plan, TREE_AGAIN, ours, [peer for peer in others if peer.kind == "rsync"]),
+        _rate_target(results, plan.big_put, name, "fresh put >= 0.85 x MD5 / 2", 0.425, md5),
+        _rate_target(results, plan.big_get, name, "verified get >= 0.85 x MD5", 0.85, md5),
+        _concurrent_wall_target(results, plan, ours, others),
+        _repeat_target(results, plan, name),
+        _concurrent_target(results, plan, name),
+        _big_rss_target(results, plan, name),
     ]
-    return targets
 
 
 def _rate_target(
@@ -334,11 +454,11 @@ def _repeat_target(results: Results, plan: Plan, ours: str) -> Target:
     return Target(name, max(sent.values) == 0, f"bytes sent {sent.values}, {seconds:.2f} s each (median)")
 
 
-def _batch_target(results: Results, plan: Plan, ours: str, peers: list[str]) -> Target:
-    name = f"{plan.batch('put', 4)}: >= 2 x the best peer's files/s"
-    rate = results.median(plan.batch("put", 4), ours, FILES_RATE)
+def _batch_target(results: Results, plan: Plan, direction: str, ours: str, peers: list[str]) -> Target:
+    name = f"{plan.batch(direction, 4)}: >= 2 x the best peer's files/s"
+    rate = results.median(plan.batch(direction, 4), ours, FILES_RATE)
     best = [
-        (results.median(plan.batch("put", workers), peer, FILES_RATE) or 0, peer, workers)
+        (results.median(plan.batch(direction, workers), peer, FILES_RATE) or 0, peer, workers)
         for peer in peers
         for workers in (1, 4)
     ]
@@ -347,9 +467,43 @@ def _batch_target(results: Results, plan: Plan, ours: str, peers: list[str]) -> 
         return Target(name, None, "not measured")
     detail = f"{rate:.0f} files/s vs 2 x {best_rate:.0f} ({best_peer}, {best_workers} conn)"
     durable = results.median(LIMIT_WORKLOAD, "-", DURABLE_LIMIT)
-    if durable:
+    if durable and direction == "put":
         detail += f"; durable writes alone: {durable:.0f} files/s"
     return Target(name, rate >= 2 * best_rate, detail)
+
+
+def _tree_target(results: Results, plan: Plan, step: str, ours: Peer | None, peers: list[Peer]) -> Target:
+    """sockftp's CLI faster than each of `peers`' (for the re-run: at least as fast)."""
+    workload = plan.tree(step)
+    if step == TREE_AGAIN:
+        name = f"{workload}: at least as fast as {', '.join(cli_label(p) for p in peers) or 'rsync'}"
+    else:
+        name = f"{workload}: faster than every peer's CLI"
+    rate = results.median(workload, cli_label(ours), FILES_RATE) if ours else None
+    theirs = [(cli_label(peer), results.median(workload, cli_label(peer), FILES_RATE)) for peer in peers]
+    measured = [(label, value) for label, value in theirs if value]
+    if rate is None or not measured:
+        return Target(name, None, "not measured")
+    met = all(rate >= value if step == TREE_AGAIN else rate > value for _, value in measured)
+    detail = f"{rate:.0f} files/s vs " + ", ".join(f"{label} {value:.0f}" for label, value in measured)
+    return Target(name, met, detail)
+
+
+def _concurrent_wall_target(results: Results, plan: Plan, ours: Peer | None, others: list[Peer]) -> Target:
+    """Anonymous sockftp's wall time within 2 x pyftpdlib's; the clients' own work printed beside."""
+    workload = plan.concurrent
+    name = f"{workload}, anonymous: wall time within 2 x pyftpdlib's"
+    label = ours.login_variants()[0][0] if ours else "sockftp anonymous"
+    wall = results.median(workload, label, WALL)
+    pyftpdlib = next((peer.name for peer in others if peer.kind == "ftp"), "pyftpdlib")
+    theirs = results.median(workload, pyftpdlib, WALL)
+    if wall is None or not theirs:
+        return Target(name, None, "not measured")
+    detail = f"{wall:.2f} s vs 2 x {theirs:.2f} s ({pyftpdlib})"
+    floor = results.median(LIMIT_WORKLOAD, "-", plan.clients_work(durable=True))
+    if floor is not None:
+        detail += f"; the clients' own MD5 + write + fsync alone: {floor:.2f} s"
+    return Target(name, wall <= 2 * theirs, detail)
 
 
 def _concurrent_target(results: Results, plan: Plan, ours: str) -> Target:
