@@ -10,6 +10,7 @@ import pytest
 
 from ftpclient import Client
 from ftpproto import QuotaExceededError
+from ftpserver.storage.checksums import ChecksumCache
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -142,3 +143,19 @@ def test_instant_upload_respects_the_quota(server, tmp_path):
         with pytest.raises(QuotaExceededError):
             client.put(tmp_path / "f", "/b")
     assert not (server.root / "carol" / "b").exists()
+
+
+def test_a_group_commit_records_every_files_checksum_in_one_transaction(tmp_path):
+    cache = ChecksumCache(tmp_path / "checksums.sqlite")
+    files = {f"d/f{i}": os.urandom(100 + i) for i in range(5)}
+    rows = []
+    for name, data in files.items():
+        path = tmp_path / name.replace("/", "_")
+        path.write_bytes(data)
+        rows.append((name, os.stat(path), hashlib.md5(data).hexdigest()))
+    bad = ("d/\udcff", rows[0][1], "0" * 32)  # not UTF-8: sqlite refuses the whole statement
+    cache.record_many([*rows[:2], bad])
+    assert all(cache.lookup(name, st) is None for name, st, _ in rows)  # nothing half-recorded
+    cache.record_many(rows)
+    assert [cache.lookup(name, st) for name, st, _ in rows] == [md5 for _, _, md5 in rows]
+    cache.close()

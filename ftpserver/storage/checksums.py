@@ -17,6 +17,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["ChecksumCache"]
@@ -74,11 +75,28 @@ class ChecksumCache:
         return rows[0][0] if rows else None
 
     def record(self, path: str, st: os.stat_result, md5: str) -> None:
+        self.record_many([(path, st, md5)])
+
+    def record_many(self, rows: Iterable[tuple[str, os.stat_result, str]]) -> None:
+        """Remember each (path, stat, md5), in one transaction (a group commit's files)."""
+        values = [(path, st.st_size, st.st_mtime_ns, st.st_ino, md5) for path, st, md5 in rows]
+        if not values:
+            return
         with self._lock:
-            self._query(
-                "INSERT OR REPLACE INTO checksums (path, size, mtime_ns, inode, md5) VALUES (?, ?, ?, ?, ?)",
-                (path, st.st_size, st.st_mtime_ns, st.st_ino, md5),
-            )
+            try:
+                self._db.execute("BEGIN")
+                try:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO checksums (path, size, mtime_ns, inode, md5)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        values,
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except (sqlite3.Error, UnicodeError) as exc:  # UnicodeError: a name that is not UTF-8
+                log.warning("checksum cache error (ignored): %s", exc)
 
     def forget(self, path: str) -> None:
         with self._lock:

@@ -294,8 +294,13 @@ class LocalUpload:
 
     def record(self) -> None:
         """Remember the published file's MD5 (after its directory is durable)."""
+        self.storage.checksums.record_many(self.checksum_rows())
+
+    def checksum_rows(self) -> list[tuple[str, os.stat_result, str]]:
+        """What `record()` remembers: nothing unless this upload published a file of its own."""
         if self.temp is not None and self.temp_stat is not None:
-            self.storage.checksums.record(self.place.key, self.temp_stat, self.md5)
+            return [(self.place.key, self.temp_stat, self.md5)]
+        return []
 
     def abort(self) -> int:
         try:
@@ -435,6 +440,7 @@ class LocalStorage:
         self._claims: set[tuple[int, int, str]] = set()  # (dev, inode of the directory, name)
         self._removing: set[tuple[int, int]] = set()  # directories an `rm` is emptying
         self._pool: ThreadPoolExecutor | None = None  # fsyncs of group commits, made when first needed
+        self._homes: dict[Path, tuple[str, ...]] = {}  # each home's parts below the root
         for home in count_usage_of:
             self.usage.track(home.relative_to(self.root).parts)
 
@@ -487,6 +493,7 @@ class LocalStorage:
             for index in flushed:
                 sync(index)  # fstat and close: nothing left to write
             directories: dict[tuple[int, int], tuple[int, builtins.list[int]]] = {}
+            rows: builtins.list[tuple[str, os.stat_result, str]] = []
             for index, upload in enumerate(uploads):
                 if results[index] is not None:
                     continue
@@ -506,8 +513,8 @@ class LocalStorage:
                     for index in members:
                         results[index] = exc
                     continue
-                for index in members:
-                    uploads[index].record()
+                rows.extend(row for index in members for row in uploads[index].checksum_rows())
+            self.checksums.record_many(rows)
         finally:
             for upload in uploads:
                 upload.close()
@@ -537,7 +544,10 @@ class LocalStorage:
     # -- paths -----------------------------------------------------------------
 
     def _home(self, account: Account) -> tuple[str, ...]:
-        return account.home.relative_to(self.root).parts
+        parts = self._homes.get(account.home)
+        if parts is None:  # pathlib's relative_to is a tenth of a small get's time: once per home
+            parts = self._homes[account.home] = account.home.relative_to(self.root).parts
+        return parts
 
     def _parse(self, account: Account, path: str) -> tuple[str, tuple[str, ...]]:
         """The canonical virtual path and its parts; paths too deep or too long to store
