@@ -26,6 +26,7 @@ import pytest
 
 from ftpclient import Client
 from ftpclient.batch import Batch, Filters, plan_put
+from ftpproto.messages import EAGER_PUT_MAX
 
 from .conftest import run_cli, start_server_process, wait_until, write_config
 
@@ -465,3 +466,25 @@ def test_bad_client_settings_are_usage_errors(tmp_path):
     (tmp_path / "bad.yaml").write_text("profiles: [unclosed")
     broken = run_cli("--config", str(tmp_path / "bad.yaml"), "ls", port=1)
     assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("big", [0, 2])
+def test_small_files_share_one_pipelined_connection_and_big_ones_get_more(port, tmp_path, storage, big):
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(40):
+        (source / f"s{i:02}").write_bytes(os.urandom(1000))
+    for i in range(big):
+        (source / f"b{i}").write_bytes(os.urandom(EAGER_PUT_MAX + 1))
+    jobs, failed = plan_put([str(source)], "/one", recursive=True, filters=Filters())
+    made: list[Client] = []
+
+    def connect() -> Client:
+        made.append(Client("127.0.0.1", port, timeout=10))
+        return made[-1]
+
+    summary = Batch(connect, workers=4).run(jobs, first_client=connect())
+    assert failed == [] and summary.failed == 0 and summary.sent == 40 + big
+    assert len(made) == 1 + big  # the pipelining one, and one more per file that goes the v1 way
+    for client in made:
+        client.close()
