@@ -472,8 +472,8 @@ def test_bad_client_settings_are_usage_errors(tmp_path):
 def test_small_files_share_one_pipelined_connection_and_big_ones_get_more(port, tmp_path, storage, big):
     source = tmp_path / "src"
     source.mkdir()
-    for i in range(40):
-        (source / f"s{i:02}").write_bytes(os.urandom(1000))
+    for i in range(200):  # more than one pipelined run: other workers would take some
+        (source / f"s{i:03}").write_bytes(os.urandom(100))
     for i in range(big):
         (source / f"b{i}").write_bytes(os.urandom(EAGER_PUT_MAX + 1))
     jobs, failed = plan_put([str(source)], "/one", recursive=True, filters=Filters())
@@ -484,7 +484,7 @@ def test_small_files_share_one_pipelined_connection_and_big_ones_get_more(port, 
         return made[-1]
 
     summary = Batch(connect, workers=4).run(jobs, first_client=connect())
-    assert failed == [] and summary.failed == 0 and summary.sent == 40 + big
+    assert failed == [] and summary.failed == 0 and summary.sent == 200 + big
     assert len(made) == 1 + big  # the pipelining one, and one more per file that goes the v1 way
     for client in made:
         client.close()
