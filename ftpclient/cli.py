@@ -25,7 +25,6 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from importlib import metadata
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -65,7 +64,6 @@ from .formatting import (
 from .jobs import Job, Outcome, Summary
 from .progress import batch_bar, progress_bar, write_line
 from .settings import DEFAULT_HOST, DEFAULT_PORT, Settings, SettingsError, resolve_settings
-from .shell import Shell
 from .sync import Side, delete, plan_sync
 
 __all__ = ["ExitStatus", "main", "version"]
@@ -83,6 +81,8 @@ class ExitStatus(enum.IntEnum):
 
 def version() -> str:
     """The installed sockftp version."""
+    from importlib import metadata  # here: only --version needs it, and it is slow to import
+
     try:
         return metadata.version("sockftp")
     except metadata.PackageNotFoundError:
@@ -861,6 +861,8 @@ def _delete(conn: Connection, out: Output, dest: Side, item: Any) -> bool:
 
 
 def cmd_shell(args: argparse.Namespace, conn: Connection, out: Output, env: Environment) -> bool:
+    from .shell import Shell  # here: one-shot commands, most runs, never load it
+
     return Shell(conn, env).run()
 
 

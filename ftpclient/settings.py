@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .environment import config_dir_of, expand_home
 
 __all__ = ["Settings", "SettingsError", "config_path", "resolve_settings"]
@@ -77,6 +75,8 @@ def load_profile(path: Path, name: str | None, explicit: bool) -> dict[str, Any]
                 f"{path}: no such file" + (f" (looking for profile {name!r})" if name else "")
             )
         return {}
+    import yaml  # here: most runs have no settings file, and yaml is a tenth of the start-up
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
