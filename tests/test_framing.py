@@ -1,11 +1,15 @@
-"""Framing without I/O: the decoder fed whole, split and hostile byte streams."""
+"""Framing: the decoder fed whole, split and hostile byte streams; the stream reading a pipelining peer."""
 
+import socket
 import struct
+import threading
 
 import pytest
 
 from ftpproto import BadRequestError, FrameDecoder, FrameTooLargeError, encode_frame
 from ftpproto.framing import MAX_FRAME
+from ftpproto.io import FrameStream
+from ftpproto.io import stream as stream_module
 
 MESSAGES = [{"op": "ls", "path": "/"}, {"op": "put", "path": "中文 😀", "size": 1}, {"a": [1, {"b": None}]}]
 
@@ -110,3 +114,20 @@ def test_non_json_constants_are_refused(constant):
     decoder.feed(struct.pack("!I", len(body)) + body)
     with pytest.raises(BadRequestError, match="not valid JSON"):
         decoder.next_message()
+
+
+def test_a_stream_reads_in_bigger_pieces_once_a_peer_pipelines_and_loses_nothing():
+    left, right = socket.socketpair()
+    with left, right:
+        left.settimeout(10)
+        reader = FrameStream(left)
+        right.sendall(encode_frame({"op": "stat", "path": "alone"}))
+        assert reader.recv() == {"op": "stat", "path": "alone"}
+        assert len(reader._control) == stream_module.CONTROL_BUFFER_SIZE  # a lone request: small
+        messages = [{"op": "put", "path": f"f{i}", "data": "x" * (i % 300)} for i in range(2000)]
+        sender = threading.Thread(target=right.sendall, args=(b"".join(map(encode_frame, messages)),))
+        sender.start()
+        received = [reader.recv() for _ in messages]
+        sender.join(10)
+        assert received == messages  # frames across the switch to the bigger buffer arrive whole
+        assert len(reader._control) == stream_module.PIPELINE_BUFFER_SIZE

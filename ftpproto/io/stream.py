@@ -25,6 +25,7 @@ __all__ = ["BUFFER_SIZE", "SENDFILE_CHUNK", "FrameStream", "PeerClosedError", "S
 
 BUFFER_SIZE = 256 * 1024  # data phases
 CONTROL_BUFFER_SIZE = 16 * 1024  # frames: small, so an idle or downloading session costs little
+PIPELINE_BUFFER_SIZE = 256 * 1024  # ... until a read fills it: a pipelining peer's frames and data
 SENDFILE_CHUNK = 8 * 1024 * 1024  # how often a long sendfile reports progress
 
 
@@ -123,6 +124,11 @@ class FrameStream:
                     raise ShortReadError("connection closed inside a frame")
                 raise PeerClosedError("connection closed by peer")
             self._decoder.feed(memoryview(self._control)[:received])
+            if received == len(self._control) < PIPELINE_BUFFER_SIZE:
+                # More was waiting: many small requests (or answers) with their data follow
+                # each other. Take them in bigger reads: each read is a system call and a
+                # hand-over of the interpreter lock between sessions.
+                self._control = bytearray(PIPELINE_BUFFER_SIZE)
 
     def recv_data(
         self,
