@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness import MIB
+from harness import MIB, set_aside
 
 DURABLE_THREADS = 4
 
@@ -161,7 +161,7 @@ def clients_work_seconds(
 
 def _time_threads(work: Callable[[Any], None], items: list, folder: Path) -> float:
     """Seconds for `work(item)` on one thread per item, all started together; then the
-    files they wrote into `folder` are removed."""
+    files they wrote into `folder` are set aside."""
     workers = [threading.Thread(target=work, args=(item,)) for item in items]
     started = time.perf_counter()
     for worker in workers:
@@ -169,6 +169,6 @@ def _time_threads(work: Callable[[Any], None], items: list, folder: Path) -> flo
     for worker in workers:
         worker.join()
     seconds = time.perf_counter() - started
-    for entry in os.scandir(folder):
-        os.unlink(entry.path)
+    set_aside(folder)  # not deleted: see harness.set_aside
+    folder.mkdir()
     return seconds

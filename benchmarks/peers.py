@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import HERE, Deadline
+from harness import HERE, Deadline, set_aside
 
 PASSWORD = "bench-password"
 USER = "bench"
@@ -177,9 +177,10 @@ class Peer:
         return None
 
     def reset_uploads(self) -> None:
-        """Empty `up/` (and `up/small/`) before a put, so every put is a fresh one."""
+        """A new, empty `up/` (and `up/small/`) before a put, so every put is a fresh one;
+        the old one is set aside, not deleted (see `harness.set_aside`)."""
         up = self.storage / "up"
-        shutil.rmtree(up, ignore_errors=True)
+        set_aside(up)
         (up / "small").mkdir(parents=True)
 
 

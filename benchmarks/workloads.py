@@ -7,14 +7,13 @@ records its figures. Server memory is sampled around every repetition.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import limits
-from harness import MIB, CpuShare, Deadline, PeakRss, await_children_gone, run_worker
+from harness import MIB, CpuShare, Deadline, PeakRss, await_children_gone, run_worker, set_aside
 from peers import BATCH, BIG, MANY, TREE, Peer
 from report import LIMIT_WORKLOAD, LIMITS, THROUGHPUT, Results, Target
 
@@ -115,7 +114,7 @@ class Bench:
     scratch: Path  # where clients download to; emptied before each repetition
 
     def fresh_scratch(self) -> Path:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        set_aside(self.scratch)  # not deleted: see harness.set_aside
         self.scratch.mkdir(parents=True)
         return self.scratch
 
