@@ -234,7 +234,7 @@ def _own_seconds() -> float:
     return total
 
 
-def _tree_seconds(root: int) -> float:
+def tree_seconds(root: int) -> float:
     """CPU seconds of a live process tree, each process with the children it has reaped."""
     total = 0
     for pid in _descendants(root):
@@ -258,7 +258,7 @@ class CpuShare:
         self._start = self._others_clock()
 
     def _others_clock(self) -> float:
-        own = _own_seconds() + (_tree_seconds(self.server) if self.server else 0.0)
+        own = _own_seconds() + (tree_seconds(self.server) if self.server else 0.0)
         return _busy_seconds() - own
 
     def others(self) -> tuple[float, float]:

@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import limits
-from harness import MIB, CpuShare, Deadline, PeakRss, await_children_gone, run_worker, set_aside
+from harness import (
+    MIB,
+    CpuShare,
+    Deadline,
+    PeakRss,
+    await_children_gone,
+    run_worker,
+    set_aside,
+    tree_seconds,
+)
 from peers import BATCH, BIG, MANY, TREE, Peer
 from report import LIMIT_WORKLOAD, LIMITS, THROUGHPUT, Results, Target
 
@@ -25,6 +34,7 @@ SERVER_RSS = "server peak RSS (MiB)"
 CLIENT_RSS = "client peak RSS (MiB)"
 RATE = f"rate ({THROUGHPUT})"
 FILES_RATE = "files/s"
+SERVER_CPU = "server CPU per file (ms)"  # one core's worth at most for a Python server: its GIL
 WALL = "wall time (s)"
 DURABLE_LIMIT = f"durable small-file writes, {limits.DURABLE_THREADS} threads ({FILES_RATE})"
 
@@ -156,10 +166,12 @@ class Bench:
             if prepare is not None:
                 prepare()
             cpu = CpuShare(server)
+            server_started = tree_seconds(server)
             timeout = self.deadline.timeout(self.plan.op_timeout)
             with PeakRss(server) as rss:  # the op stops itself (budget) before it is killed
                 result = run_worker({**spec, "budget": 0.9 * timeout}, timeout)
             await_children_gone(server)
+            result["server_cpu"] = tree_seconds(server) - server_started
             busy = cpu.others()[1]
             if busy <= BUSY_SHARE or attempt == BUSY_RETRIES:
                 break
@@ -271,6 +283,7 @@ def batch(bench: Bench, peer: Peer, direction: str, workers: int, lockstep: bool
         if outcome:
             result = outcome[0]
             bench.results.add(workload, label, FILES_RATE, result["files"] / result["seconds"])
+            bench.results.add(workload, label, SERVER_CPU, 1000 * result["server_cpu"] / result["files"])
             if peer.kind == "sockftp" and not lockstep and not result["pipelined"]:
                 bench.results.notes.append(f"{label}, {workload}: the server offers no `eager`: v1 exchanges")
 
