@@ -116,7 +116,7 @@ def test_non_json_constants_are_refused(constant):
         decoder.next_message()
 
 
-def test_a_stream_reads_in_bigger_pieces_once_a_peer_pipelines_and_loses_nothing():
+def test_a_stream_reads_in_bigger_pieces_while_a_peer_pipelines_and_loses_nothing():
     left, right = socket.socketpair()
     with left, right:
         left.settimeout(10)
@@ -127,7 +127,13 @@ def test_a_stream_reads_in_bigger_pieces_once_a_peer_pipelines_and_loses_nothing
         messages = [{"op": "put", "path": f"f{i}", "data": "x" * (i % 300)} for i in range(2000)]
         sender = threading.Thread(target=right.sendall, args=(b"".join(map(encode_frame, messages)),))
         sender.start()
-        received = [reader.recv() for _ in messages]
+        received, sizes = [], set()
+        for _ in messages:
+            received.append(reader.recv())
+            sizes.add(len(reader._control))
         sender.join(10)
-        assert received == messages  # frames across the switch to the bigger buffer arrive whole
-        assert len(reader._control) == stream_module.PIPELINE_BUFFER_SIZE
+        assert received == messages  # frames across the switches of buffer arrive whole
+        assert stream_module.PIPELINE_BUFFER_SIZE in sizes
+        right.sendall(encode_frame({"op": "stat", "path": "after"}))
+        assert reader.recv() == {"op": "stat", "path": "after"}
+        assert len(reader._control) == stream_module.CONTROL_BUFFER_SIZE  # the burst is over

@@ -292,3 +292,35 @@ def test_sync_filesystems_covers_each_filesystem_and_skips_what_has_nothing_to_s
             os.close(fd)
         if shm:
             shm.cleanup()
+
+
+def test_a_resumed_partial_in_a_group_is_fsynced_on_its_own(server, monkeypatch):
+    """Its first bytes went through another descriptor: a failure to write them back may
+    have been reported to some other syncfs already, and only its own fsync tells."""
+    data = os.urandom(200_000)
+    cut = connect(server.port)
+    assert request(cut, "put", path="resumed", size=len(data), md5=md5(data)) == {"ok": True, "offset": 0}
+    cut.sock.sendall(data[:100_000])
+    cut.sock.close()  # the server keeps the partial file for a resume
+    wait_until(lambda: server.server.storage.uploads_running == 0)
+    synced = counting_fsyncs(monkeypatch)
+    others = {f"o{i}": os.urandom(3000) for i in range(8)}
+    stream = connect(server.port)
+    frames = [eager_put(name, payload) for name, payload in others.items()]
+    frames.insert(4, eager_put("resumed", data))
+    stream.sock.sendall(b"".join(frames))
+    answers = [stream.recv() for _ in frames]
+    assert answers[4] == {"ok": True, "size": len(data), "md5": md5(data), "offset": 100_000}
+    assert (server.root / "resumed").read_bytes() == data
+    expected = 1 if writeback.SYNCFS else len(frames)  # with syncfs, only the resumed one
+    assert len(synced) == expected, synced
+
+
+def test_a_filesystem_syncfs_is_not_trusted_on_gets_an_fsync_per_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(writeback, "SYNCFS_FILESYSTEMS", {})  # as for FUSE, where syncfs reaches no daemon
+    fds = [os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT, 0o600) for i in range(3)]
+    try:
+        assert writeback.sync_filesystems(fds) == set()
+    finally:
+        for fd in fds:
+            os.close(fd)

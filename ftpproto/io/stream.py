@@ -129,6 +129,8 @@ class FrameStream:
                 # each other. Take them in bigger reads: each read is a system call and a
                 # hand-over of the interpreter lock between sessions.
                 self._control = bytearray(PIPELINE_BUFFER_SIZE)
+            elif received < CONTROL_BUFFER_SIZE < len(self._control):
+                self._control = bytearray(CONTROL_BUFFER_SIZE)  # the burst is over: small again
 
     def recv_data(
         self,

@@ -487,7 +487,11 @@ class LocalStorage:
 
         try:
             fds = [upload.unsynced_fd() for upload in uploads]
-            flushed = sync_filesystems(fds) if len(uploads) > 1 else set()
+            # A resumed partial's first bytes went through an earlier descriptor: a failure
+            # to write them back may have been reported to another syncfs already, and only
+            # an fsync of the file itself still tells it.
+            fresh = [fd if upload.held == 0 else -1 for fd, upload in zip(fds, uploads, strict=True)]
+            flushed = sync_filesystems(fresh) if len(uploads) > 1 else set()
             left = [index for index, fd in enumerate(fds) if fd >= 0 and index not in flushed]
             list(self._sync_pool().map(sync, left))
             for index in flushed:
