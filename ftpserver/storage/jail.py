@@ -15,7 +15,6 @@ CPython's `_rmtree_safe_fd`).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat as stat_mod
@@ -75,10 +74,16 @@ class Place:
 
 def open_dir(dir_fd: int, name: str, create: bool = False) -> int:
     """Open the directory `name` in `dir_fd` without following a link; with `create`,
-    make it first if it is missing (someone else making it at the same moment is fine)."""
+    make it first if it is missing (someone else making it at the same moment is fine),
+    and fsync `dir_fd`: a file fsynced into the new directory is only durable once the
+    directory's own name is."""
     if create:
-        with contextlib.suppress(FileExistsError):
+        try:
             os.mkdir(name, 0o777, dir_fd=dir_fd)
+        except FileExistsError:
+            pass
+        else:
+            os.fsync(dir_fd)
     return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 

@@ -1009,6 +1009,7 @@ class LocalStorage:
         with self._walk(account, vpath, parts, follow=False, create=parents) as place, os_errors(vpath):
             try:
                 os.mkdir(place.name, 0o777, dir_fd=place.dir_fd)
+                _fsync_dir(place.dir_fd)  # an `ok` means the directory survives a crash
             except FileExistsError:
                 st = _lstat(place.dir_fd, place.name)
                 if st is not None and stat_mod.S_ISLNK(st.st_mode):
