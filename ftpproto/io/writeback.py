@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
@@ -41,7 +42,7 @@ def _syncfs_reports_errors() -> bool:
     returned 0 whatever happened, and before 5.17 it ignored the filesystem's own
     `sync_fs` failures (a journal commit that failed), so only an fsync of each file
     could be trusted."""
-    if os.uname().sysname != "Linux":
+    if not sys.platform.startswith("linux"):
         return False
     try:
         major, minor = (int(part) for part in os.uname().release.split(".")[:2])
@@ -50,8 +51,8 @@ def _syncfs_reports_errors() -> bool:
     return (major, minor) >= (5, 17)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_SYNCFS = getattr(_LIBC, "syncfs", None) if _syncfs_reports_errors() else None
+_LIBC = ctypes.CDLL(None, use_errno=True) if _syncfs_reports_errors() else None  # not on Windows
+_SYNCFS = getattr(_LIBC, "syncfs", None)
 _FSTATFS = getattr(_LIBC, "fstatfs", None)
 SYNCFS = _SYNCFS is not None and _FSTATFS is not None
 # Filesystems whose syncfs writes back and reports what an fsync of each file would:
