@@ -49,14 +49,17 @@ def password_hash(user: str) -> str:
     return _HASHES[user]
 
 
-def counting_fsyncs(monkeypatch) -> list[int]:
-    """Record the descriptors of regular files fsynced from now on (directories aside)."""
-    synced: list[int] = []
+def counting_fsyncs(monkeypatch, directories: bool = False) -> list[tuple[int, int]]:
+    """Record (device, inode) of each regular file (or with `directories`, each directory)
+    fsynced from now on."""
+    synced: list[tuple[int, int]] = []
     real = os.fsync
+    wanted = stat.S_ISDIR if directories else stat.S_ISREG
 
     def fsync(fd: int) -> None:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            synced.append(fd)
+        st = os.fstat(fd)
+        if wanted(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
         real(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)

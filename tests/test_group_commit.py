@@ -7,7 +7,6 @@ import hashlib
 import os
 import signal
 import socket
-import stat
 import tempfile
 import threading
 from pathlib import Path
@@ -328,16 +327,7 @@ def test_a_filesystem_syncfs_is_not_trusted_on_gets_an_fsync_per_file(tmp_path, 
 
 
 def test_folders_a_put_or_mkdir_makes_are_fsynced_into_their_parents(server, monkeypatch):
-    synced: set[tuple[int, int]] = set()
-    real = os.fsync
-
-    def fsync(fd: int) -> None:
-        st = os.fstat(fd)
-        if stat.S_ISDIR(st.st_mode):
-            synced.add((st.st_dev, st.st_ino))
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = counting_fsyncs(monkeypatch, directories=True)
     stream = connect(server.port)
     data = b"deep down"
     ack = request(stream, "put", path="a/b/c/f.txt", size=len(data), md5=md5(data), parents=True)
@@ -351,8 +341,8 @@ def test_folders_a_put_or_mkdir_makes_are_fsynced_into_their_parents(server, mon
 
     # Each new folder's parent: without it the folder, and the file in it, may be gone after a crash.
     root = server.root
-    assert {inode(root), inode(root / "a"), inode(root / "a/b")} <= synced
+    assert {inode(root), inode(root / "a"), inode(root / "a/b")} <= set(synced)
     assert inode(root / "a/b/c") in synced  # the file's own folder, as before
     synced.clear()
     assert request(stream, "mkdir", path="a/m") == {"ok": True}
-    assert synced == {inode(root / "a")}
+    assert set(synced) == {inode(root / "a")}

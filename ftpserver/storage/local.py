@@ -263,13 +263,14 @@ class LocalUpload:
     def sync(self, flush: bool = True) -> None:
         """Make the sealed bytes durable; many uploads may sync at once (a group commit).
         `flush=False`: a `syncfs` of their filesystem made them durable already."""
-        if self.temp is not None and self.file is not None and self.temp_stat is None:
+        fd = self.unsynced_fd()
+        if fd >= 0 and self.file is not None:
             try:
                 with os_errors(self.path):
                     if flush:
-                        os.fsync(self.file.fileno())
+                        os.fsync(fd)
                     # A rename keeps inode, size and mtime: this is what lands under the name.
-                    self.temp_stat = os.fstat(self.file.fileno())
+                    self.temp_stat = os.fstat(fd)
                     self.file.close()
             except ProtocolError:
                 self._discard()

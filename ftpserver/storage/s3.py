@@ -294,16 +294,10 @@ def open_s3_storage(
 # -- reading -------------------------------------------------------------------------------
 
 
-class ObjectReader(io.RawIOBase):
-    """One version of an object, read through ranged GETs pinned to its ETag: a get
-    in progress when the file is replaced goes on with the old bytes while the store
-    still serves them, and otherwise breaks off (OSError), never mixing the two."""
+class _SeekableRaw(io.RawIOBase):
+    """A readable, seekable raw stream of `size` bytes at `position`, for boto3 and io."""
 
-    def __init__(self, client: Any, bucket: str, key: str, etag: str, size: int) -> None:
-        super().__init__()
-        self._client, self._bucket, self._key, self._etag, self._size = client, bucket, key, etag, size
-        self._position = 0
-        self._body: Any = None  # the open response, at self._position
+    _position = 0
 
     def readable(self) -> bool:
         return True
@@ -314,9 +308,25 @@ class ObjectReader(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
+    def _target(self, offset: int, whence: int, size: int) -> int:
+        """Where a `seek(offset, whence)` lands in `size` bytes."""
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: size}[whence]
+        return max(0, base + offset)
+
+
+class ObjectReader(_SeekableRaw):
+    """One version of an object, read through ranged GETs pinned to its ETag: a get
+    in progress when the file is replaced goes on with the old bytes while the store
+    still serves them, and otherwise breaks off (OSError), never mixing the two."""
+
+    def __init__(self, client: Any, bucket: str, key: str, etag: str, size: int) -> None:
+        super().__init__()
+        self._client, self._bucket, self._key, self._etag, self._size = client, bucket, key, etag, size
+        self._position = 0
+        self._body: Any = None  # the open response, at self._position
+
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
-        position = max(0, base + offset)
+        position = self._target(offset, whence, self._size)
         if position != self._position:
             self._drop()
             self._position = position
@@ -364,7 +374,7 @@ class ObjectReader(io.RawIOBase):
         super().close()
 
 
-class BufferBody(io.RawIOBase):
+class BufferBody(_SeekableRaw):
     """Bytes in memory as a file boto3 can send, and seek back to retry, without a copy
     (handed a bytearray, it would copy each part once more)."""
 
@@ -372,18 +382,8 @@ class BufferBody(io.RawIOBase):
         super().__init__()
         self._data, self._position = data, 0
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._data)}[whence]
-        self._position = max(0, base + offset)
+        self._position = self._target(offset, whence, len(self._data))
         return self._position
 
     def readinto(self, buffer: Any) -> int:
