@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from ftpclient import Client
+from ftpproto import InternalError
 from ftpproto.io import FrameStream
+from ftpserver.storage.base import Snapshot
 
 from .conftest import run_cli, start_server_process, wait_until, write_config
 
@@ -179,3 +181,14 @@ def test_a_file_replaced_during_a_get_is_served_whole(server, tmp_path):
         stream.recv_data(header["size"] - len(received), received.extend)
     assert header["md5"] == md5(old) and md5(bytes(received)) == md5(old)
     assert (server.root / "f").read_bytes() == new
+
+
+def test_a_snapshot_shorter_than_its_size_is_an_internal_error_not_short_data(tmp_path):
+    """An eager get reads a small file before its header: a file that shrank behind the
+    server's back is refused then, instead of cutting the connection inside the data."""
+    (tmp_path / "f").write_bytes(b"x" * 50)
+    with open(tmp_path / "f", "rb") as file:
+        snapshot = Snapshot(file, 100, "0" * 32)
+        assert snapshot.read(10, 40) == b"x" * 40
+        with pytest.raises(InternalError, match="ended 60 bytes before"):
+            snapshot.read(0, 110)
