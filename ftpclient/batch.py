@@ -101,8 +101,16 @@ def unique_destinations(jobs: list[Job], failed: list[Outcome]) -> list[Job]:
     """Drop exact repeats; a second job for a destination already taken fails, since
     two transfers into one name at once would race for it."""
     kept: dict[object, Job] = {}
+    folders: dict[Path, str] = {}  # each local folder resolved once, not once per file in it
     for job in jobs:
-        key = job.local.resolve() if job.op in ("get", "mkdir-local") else job.remote
+        key: object = job.remote
+        if job.op == "mkdir-local":
+            key = job.local.resolve()
+        elif job.op == "get":  # a download replaces its name, so a symlink there is not followed
+            folder = folders.get(job.local.parent)
+            if folder is None:
+                folder = folders[job.local.parent] = os.path.realpath(job.local.parent)
+            key = Path(folder, job.local.name)
         if key not in kept:
             kept[key] = job
         elif kept[key] != job:

@@ -276,13 +276,16 @@ def get_pipelined(
         finally:
             written.clear()
 
+    made: set[Path] = set()  # folders made (or found) already: one mkdir each, not one per file
     try:
         for index, (remote, local) in enumerate(items):
-            try:
-                local.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # a file where its folder should be: this file fails alone
-                on_done(index, exc)
-                continue
+            if local.parent not in made:
+                try:
+                    local.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a file where its folder should be: this file fails alone
+                    on_done(index, exc)
+                    continue
+                made.add(local.parent)
             if not eager or (not replace and os.path.lexists(local)):  # v1 can see an identical file
                 while pending:
                     receive()
