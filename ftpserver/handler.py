@@ -144,7 +144,7 @@ class Session(socketserver.BaseRequestHandler):
         version, no answer within the timeout) is dropped without a word."""
         try:
             with self.stream.timed(min(self.limits.idle_timeout, HANDSHAKE_TIMEOUT)):
-                self.request.do_handshake()
+                self.stream.handshake()
         except (ssl.SSLError, OSError) as exc:
             log.info("tls handshake with %s failed: %s", self.peer, clean(exc))
             if isinstance(exc, ssl.SSLError):  # not TLS at all, or garbage: a timeout is not scored

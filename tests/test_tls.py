@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 import trustme
 
 from ftpclient import Client, HandshakeError
 from ftpproto.io import FrameStream
+from ftpserver import handler
 
-from .conftest import run_cli, write_config
+from .conftest import run_cli, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,3 +94,17 @@ def test_a_bad_certificate_path_is_a_config_error(tmp_path):
 
     with pytest.raises(ConfigError, match=r"tls\.cert: cannot load"):
         load_config(write_config(tmp_path, tls={"cert": "missing.pem"}))
+
+
+def test_a_silent_peer_is_dropped_at_the_handshake_timeout_not_the_idle_one(
+    tls_files, make_config, serve, monkeypatch
+):
+    """The handshake has a time-out of its own, shorter than a session's idle one: the
+    stream must give it to the socket before the handshake waits (time-outs are lazy)."""
+    monkeypatch.setattr(handler, "HANDSHAKE_TIMEOUT", 0.3)
+    running = serve(make_config(tls={"cert": "server.pem"}, limits={"idle_timeout": 30}))
+    with socket.create_connection(("127.0.0.1", running.port), timeout=5):
+        assert wait_until(lambda: running.server.session_count == 1, 5)
+        started = time.monotonic()
+        assert wait_until(lambda: running.server.session_count == 0, 10)
+        assert time.monotonic() - started < 5

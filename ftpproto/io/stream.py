@@ -46,6 +46,11 @@ class FrameStream:
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._decoder = FrameDecoder()
+        # Time-outs are set lazily: `_wanted` is what the next wait must use, `_applied`
+        # what the socket has. Each change is a system call (and a hand-over of the
+        # interpreter lock), and a pipelining peer's requests are mostly read from the
+        # buffer: only a call that may wait brings the socket up to date.
+        self._applied = self._wanted = sock.gettimeout()
         self._control = bytearray(CONTROL_BUFFER_SIZE)
         self._buffer_size = buffer_size
         self._data: memoryview | None = None  # made on the first data phase received, then reused
@@ -53,24 +58,33 @@ class FrameStream:
     @property
     def timeout(self) -> float | None:
         """How long one read or write may wait, in seconds (None: for ever)."""
-        return self.sock.gettimeout()
+        return self._wanted
 
     def set_timeout(self, seconds: float | None) -> None:
-        self.sock.settimeout(seconds)
+        """Set the time-out now (the socket itself has it, for a caller that uses it directly)."""
+        self._wanted = seconds
+        self._apply()
+
+    def _apply(self) -> None:
+        """Give the socket the time-out wanted, before a call that may wait."""
+        if self._applied != self._wanted:
+            self.sock.settimeout(self._wanted)
+            self._applied = self._wanted
 
     @contextlib.contextmanager
     def timed(self, seconds: float | None) -> Iterator[None]:
-        """Use another time-out inside the block; the one before is back after it."""
-        before = self.sock.gettimeout()
-        if seconds == before:  # each change is a system call, and most blocks keep it
-            yield
-            return
-        self.sock.settimeout(seconds)
+        """Use another time-out for the stream's calls inside the block; the one before
+        is back after it."""
+        before, self._wanted = self._wanted, seconds
         try:
             yield
         finally:
-            if not self.closed:
-                self.sock.settimeout(before)
+            self._wanted = before
+
+    def handshake(self) -> None:
+        """Complete the TLS handshake of a socket wrapped without it, within the time-out."""
+        self._apply()
+        self.sock.do_handshake()  # type: ignore[attr-defined]  # an ssl.SSLSocket: the caller checked
 
     @property
     def closed(self) -> bool:
@@ -93,6 +107,7 @@ class FrameStream:
 
     def send(self, message: dict, data: bytes = b"") -> None:
         """Send one frame, and `data` right after it in the same write (an eager put's bytes)."""
+        self._apply()
         self.sock.sendall(encode_frame(message) + data if data else encode_frame(message))
 
     def recv(self, deadline: float | None = None) -> dict:
@@ -101,12 +116,11 @@ class FrameStream:
         With a `deadline` (a `time.monotonic()` value) the whole frame must have
         arrived by then, however slowly its bytes trickle in: else `TimeoutError`.
         """
-        timeout = self.sock.gettimeout()
+        timeout = self._wanted
         try:
             return self._recv(deadline)
         finally:
-            if deadline is not None and not self.closed:
-                self.sock.settimeout(timeout)
+            self._wanted = timeout
 
     def _recv(self, deadline: float | None) -> dict:
         while True:
@@ -117,7 +131,8 @@ class FrameStream:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TimeoutError("frame not complete by its deadline")
-                self.sock.settimeout(remaining)
+                self._wanted = remaining
+            self._apply()
             received = self.sock.recv_into(self._control)
             if not received:
                 if self._decoder.buffered:
@@ -153,6 +168,8 @@ class FrameStream:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
+        if remaining:
+            self._apply()
         while remaining:
             target = (space and space()) or self._data
             received = self.sock.recv_into(target, min(remaining, chunk_size, len(target)))
@@ -173,6 +190,7 @@ class FrameStream:
 
         `progress(n)` is called after each chunk of at most `chunk_size` bytes."""
         end = offset + count
+        self._apply()
         while offset < end:
             chunk = min(chunk_size, end - offset)
             # socket.sendfile's fallback for TLS sockets skips the seek when offset

@@ -71,9 +71,10 @@ def _filesystem_type(fd: int) -> int | None:
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
 
 
-def sync_filesystems(fds: Sequence[int]) -> set[int]:
+def sync_filesystems(fds: Sequence[int], devices: Sequence[int] | None = None) -> set[int]:
     """Write back, with one `syncfs` per filesystem, every file behind `fds` (-1: skip);
-    returns the indexes of those now durable. A file left out must be fsynced on its own:
+    returns the indexes of those now durable. `devices`, if the caller knows them, are
+    the files' `st_dev` (else each file is fstatted for it). A file left out must be fsynced on its own:
     syncfs is not available or not trusted on its filesystem, or it reported a failure
     and cannot say whose. syncfs reports the failures since its descriptor was opened:
     list the oldest file first, and only files whose bytes were all written through
@@ -88,9 +89,10 @@ def sync_filesystems(fds: Sequence[int]) -> set[int]:
         if fd < 0:
             continue
         try:
-            by_device.setdefault(os.fstat(fd).st_dev, []).append(index)
+            device = os.fstat(fd).st_dev if devices is None else devices[index]
         except OSError:
             continue  # its own fsync will say what is wrong
+        by_device.setdefault(device, []).append(index)
     durable: set[int] = set()
     for members in by_device.values():
         fd = fds[members[0]]

@@ -19,7 +19,7 @@ import errno
 import os
 import stat as stat_mod
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ftpproto import ForbiddenError
 from ftpproto.paths import RESERVED_PREFIX
@@ -31,6 +31,7 @@ __all__ = [
     "READ_FLAGS",
     "Place",
     "files_below",
+    "lstat_at",
     "open_dir",
     "open_home",
     "walk",
@@ -54,6 +55,24 @@ class Place:
     dir_fd: int
     parts: tuple[str, ...]
     name: str
+    _identity: tuple[int, int] | None = field(default=None, repr=False, compare=False)
+    _seen: tuple[os.stat_result | None] | None = field(default=None, repr=False, compare=False)
+
+    def seen_by_walk(self) -> os.stat_result | None:
+        """The lstat of the name as the walk that made this place saw it a moment ago
+        (None: nothing there), handed out once; after that, or if the walk did not
+        look, a new lstat. As racy as any lstat, and no more."""
+        if self._seen is not None:
+            (st,), self._seen = self._seen, None
+            return st
+        return lstat_at(self.dir_fd, self.name)
+
+    def identity(self) -> tuple[int, int]:
+        """The open directory's (device, inode): it stays that directory while open."""
+        if self._identity is None:
+            st = os.fstat(self.dir_fd)
+            self._identity = (st.st_dev, st.st_ino)
+        return self._identity
 
     @property
     def key(self) -> str:
@@ -120,9 +139,16 @@ def walk(
     again from the home (the directory above may have moved since we passed it).
     Raises `OSError` for what the filesystem refuses, `ForbiddenError` for an escape.
     """
-    fd, where = (os.dup(start[0]), start[1]) if start is not None else (os.dup(home_fd), home)
+    # `fd` is the directory reached so far; while that is the home, it is `home_fd`
+    # itself (no copy: a put or get in a home's top folder costs two system calls less).
+    fd, where = (os.dup(start[0]), start[1]) if start is not None else (home_fd, home)
     pending = list(reversed(parts))
     hops = 0
+
+    def leave(fd: int) -> None:
+        if fd != home_fd:
+            os.close(fd)
+
     try:
         while pending:
             name = pending.pop()
@@ -132,14 +158,16 @@ def walk(
                 if len(where) <= len(home):
                     raise ForbiddenError("a symbolic link leads outside the home directory")
                 where = where[:-1]
-                os.close(fd)
+                leave(fd)
                 fd = -1
-                fd = _open_below(home_fd, where[len(home) :])
+                fd = _open_below(home_fd, where[len(home) :]) if len(where) > len(home) else home_fd
                 continue
             if name.startswith(RESERVED_PREFIX):
                 raise ForbiddenError("a symbolic link leads to the server's own files")
-            if not pending and not (follow and _is_symlink(fd, name)):
-                place, fd = Place(fd, where, name), -1
+            seen = lstat_at(fd, name) if not pending and follow else None
+            if not pending and not (seen is not None and stat_mod.S_ISLNK(seen.st_mode)):
+                place = _place(fd, where, name, home_fd)
+                place._seen = (seen,) if follow else None
                 return place
             if pending:
                 try:
@@ -155,7 +183,7 @@ def walk(
                     if not stat_mod.S_ISLNK(kind):
                         raise
                 else:
-                    os.close(fd)
+                    leave(fd)
                     fd, where = child, (*where, name)
                     if len(where) - len(home) > MAX_DEPTH:
                         raise ForbiddenError(f"the path is deeper than {MAX_DEPTH} directories")
@@ -168,19 +196,26 @@ def walk(
                 inside = _below(target, home_path)
                 if inside is None:
                     raise ForbiddenError("an absolute symbolic link leads outside the home directory")
-                os.close(fd)
-                fd = -1
-                fd, where = os.dup(home_fd), home
+                leave(fd)
+                fd, where = home_fd, home
                 target = inside
             pending.extend(reversed(target.split("/")))
         # The path named the home itself, or a link's target ended on a directory
         # (`sub/..`): the place is that directory, with no name.
-        place, fd = Place(fd, where, ""), -1
-        return place
-    finally:
+        return _place(fd, where, "", home_fd)
+    except BaseException:
         if fd >= 0:
-            os.close(fd)
+            leave(fd)
         os.close(home_fd)
+        raise
+
+
+def _place(fd: int, where: tuple[str, ...], name: str, home_fd: int) -> Place:
+    """The place a walk ended at; the home's descriptor goes with it if that is where
+    it ended, and is closed otherwise."""
+    if fd != home_fd:
+        os.close(home_fd)
+    return Place(fd, where, name)
 
 
 def _below(target: str, home_path: str | None) -> str | None:
@@ -197,9 +232,11 @@ def _below(target: str, home_path: str | None) -> str | None:
 def _open_below(dir_fd: int, parts: tuple[str, ...], create: bool = False) -> int:
     """Open the directory `parts` below `dir_fd`, one component at a time, never
     following a link (with `create`, making the missing ones)."""
-    fd = os.dup(dir_fd)
+    if not parts:
+        return os.dup(dir_fd)
+    fd = open_dir(dir_fd, parts[0], create)
     try:
-        for name in parts:
+        for name in parts[1:]:
             child = open_dir(fd, name, create)
             os.close(fd)
             fd = child
@@ -217,8 +254,12 @@ def _mode(dir_fd: int, name: str) -> int:
         return 0
 
 
-def _is_symlink(dir_fd: int, name: str) -> bool:
-    return stat_mod.S_ISLNK(_mode(dir_fd, name))
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """The lstat of `name` in the directory `dir_fd` (None: nothing there)."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
 
 
 def files_below(

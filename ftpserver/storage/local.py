@@ -58,7 +58,7 @@ from ftpproto.paths import RESERVED_PREFIX
 from ..config import Account, ConfigError
 from .base import Snapshot, Upload, entry
 from .checksums import ChecksumCache
-from .jail import DIR_FLAGS, MAX_DEPTH, READ_FLAGS, Place, files_below, open_dir, open_home, walk
+from .jail import DIR_FLAGS, MAX_DEPTH, READ_FLAGS, Place, files_below, lstat_at, open_dir, open_home, walk
 from .usage import Reservation, Usage
 
 __all__ = ["LocalStorage", "LocalUpload"]
@@ -132,13 +132,6 @@ def _fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
 
 
-def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _RENAMEAT2 = getattr(_LIBC, "renameat2", None)
 RENAME_NOREPLACE = 1  # linux/fs.h
@@ -153,7 +146,7 @@ def _rename_noreplace(src_fd: int, src: str, dst_fd: int, dst: str) -> None:
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: no such flag on this filesystem
             raise OSError(err, os.strerror(err), dst)
-    if _lstat(dst_fd, dst) is not None:
+    if lstat_at(dst_fd, dst) is not None:
         raise FileExistsError(errno.EEXIST, "already exists", dst)
     os.rename(src, dst, src_dir_fd=src_fd, dst_dir_fd=dst_fd)
 
@@ -176,6 +169,8 @@ def _attributes_match(st: os.stat_result, mtime: float | None, mode: int | None)
 
 def _apply_attributes(fd: int, mtime: float | None, mode: int | None) -> None:
     """Give the open file the modification time and execute bits a put asked for."""
+    if mtime is None and mode is None:
+        return
     st = os.fstat(fd)
     if mode is not None and _stored_mode(st.st_mode, mode) != stat_mod.S_IMODE(st.st_mode):
         os.fchmod(fd, _stored_mode(st.st_mode, mode))
@@ -330,7 +325,7 @@ class LocalUpload:
         assert self.temp is not None
         fd, name, usage = self.place.dir_fd, self.place.name, self.storage.usage
         with os_errors(self.path), usage.lock:
-            old = _lstat(fd, name) if self.overwrite else None
+            old = lstat_at(fd, name) if self.overwrite else None
             replaced = old.st_size if old is not None and stat_mod.S_ISREG(old.st_mode) else 0
             growth = self.size - self.held - replaced
             if not usage.fits(self.home, self.account.quota, growth - self.reservation.amount):
@@ -371,7 +366,7 @@ class LocalUpload:
         is removed, so a put never answers `ok` for bytes that are not the ones it got.
         (The server's own renames are serialised by the usage lock, held around this.)"""
         assert self.temp_stat is not None
-        st = _lstat(self.place.dir_fd, name)
+        st = lstat_at(self.place.dir_fd, name)
         if st is not None and (st.st_dev, st.st_ino) == (self.temp_stat.st_dev, self.temp_stat.st_ino):
             return
         if name != self.temp:
@@ -492,7 +487,12 @@ class LocalStorage:
             # to write them back may have been reported to another syncfs already, and only
             # an fsync of the file itself still tells it.
             fresh = [fd if upload.held == 0 else -1 for fd, upload in zip(fds, uploads, strict=True)]
-            flushed = sync_filesystems(fresh) if len(uploads) > 1 else set()
+            # A file is on its directory's filesystem: no fstat of each file to find out.
+            devices = [
+                upload.place.identity()[0] if fd >= 0 else -1
+                for fd, upload in zip(fresh, uploads, strict=True)
+            ]
+            flushed = sync_filesystems(fresh, devices) if len(uploads) > 1 else set()
             left = [index for index, fd in enumerate(fds) if fd >= 0 and index not in flushed]
             list(self._sync_pool().map(sync, left))
             for index in flushed:
@@ -508,8 +508,9 @@ class LocalStorage:
                     results[index] = exc
                     continue
                 if upload.temp is not None:
-                    st = os.fstat(upload.place.dir_fd)
-                    directories.setdefault((st.st_dev, st.st_ino), (upload.place.dir_fd, []))[1].append(index)
+                    directories.setdefault(upload.place.identity(), (upload.place.dir_fd, []))[1].append(
+                        index
+                    )
             for dir_fd, members in directories.values():
                 try:
                     with os_errors(uploads[members[0]].path):
@@ -766,7 +767,7 @@ class LocalStorage:
         upload = LocalUpload(self, account, home, place, vpath, size, md5, overwrite, offset=size)
         upload.mtime, upload.mode = mtime, mode
         if identical:
-            there = _lstat(place.dir_fd, place.name)
+            there = lstat_at(place.dir_fd, place.name)
             if not overwrite or there is None or _attributes_match(there, mtime, mode):
                 return upload  # without overwrite, a file already there is left as it is
             if there.st_nlink == 1:
@@ -784,7 +785,7 @@ class LocalStorage:
         """The size of the file the upload would replace (0 if none), and whether it
         already is this very file."""
         with os_errors(vpath):
-            st = _lstat(place.dir_fd, place.name)
+            st = place.seen_by_walk()
         if st is None:
             return 0, False
         if stat_mod.S_ISDIR(st.st_mode):
@@ -810,10 +811,12 @@ class LocalStorage:
         place, vpath = upload.place, upload.path
         key = hashlib.sha256(f"{place.name}\0{upload.size}\0{upload.md5}".encode()).hexdigest()[:32]
         name = f"{PARTIAL_PREFIX}{key}"
-        if not self._claim(place.dir_fd, name, self.claim_wait):
+        claim = (*place.identity(), name)
+        if not self._claim(claim, self.claim_wait):
             name = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-            self._claim(place.dir_fd, name, 0)
-        upload.temp, upload.claim = name, self._claim_key(place.dir_fd, name)
+            claim = (*place.identity(), name)
+            self._claim(claim, 0)
+        upload.temp, upload.claim = name, claim
         with os_errors(vpath):
             fd, held = self._open_partial(place, name) if name.startswith(PARTIAL_PREFIX) else (None, 0)
         if fd is not None:
@@ -837,7 +840,8 @@ class LocalStorage:
                     ) from None
                 upload.file = open(fd, "r+b", buffering=0, closefd=True)  # noqa: SIM115 - owned by the upload
             upload.digest = new_md5(upload.size - held, md5_of(upload.file, held))
-            upload.file.seek(held)
+            if held:  # a new file is at its start already
+                upload.file.seek(held)
         upload.offset, upload.writeback = held, Writeback(upload.file, held)
         return upload
 
@@ -848,7 +852,7 @@ class LocalStorage:
         The name is ours but the directory may be writable by others: anything there
         that is not a plain file with a single link is removed unopened, so the upload
         can never write through it to another file, wait on it, or learn its size."""
-        seen = _lstat(place.dir_fd, name)
+        seen = lstat_at(place.dir_fd, name)
         if seen is None:
             return None, 0
         if stat_mod.S_ISREG(seen.st_mode) and seen.st_nlink == 1:
@@ -867,7 +871,7 @@ class LocalStorage:
 
     def _remove_intruder(self, place: Place, name: str) -> None:
         with self.usage.lock:
-            st = _lstat(place.dir_fd, name)
+            st = lstat_at(place.dir_fd, name)
             if st is None:
                 return
             if stat_mod.S_ISDIR(st.st_mode):
@@ -915,8 +919,8 @@ class LocalStorage:
             upload.home, upload.account.quota, upload.size - replaced, upload.path
         )
         temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-        self._claim(place.dir_fd, temp, 0)
-        claim = self._claim_key(place.dir_fd, temp)
+        claim = (*place.identity(), temp)
+        self._claim(claim, 0)
         try:
             with os_errors(upload.path):
                 linked = (
@@ -978,9 +982,9 @@ class LocalStorage:
         st = os.fstat(dir_fd)
         return st.st_dev, st.st_ino, name
 
-    def _claim(self, dir_fd: int, name: str, wait: float) -> bool:
-        """Mark `name` in the directory as in use; False if another upload kept it for `wait` s."""
-        key = self._claim_key(dir_fd, name)
+    def _claim(self, key: tuple[int, int, str], wait: float) -> bool:
+        """Mark the name in the directory (`key`: device, inode, name) as in use; False if
+        another upload kept it for `wait` s."""
         with self._lock:
             if key[:2] in self._removing:
                 raise NotFoundError("the directory is being removed")
@@ -1012,7 +1016,7 @@ class LocalStorage:
                 os.mkdir(place.name, 0o777, dir_fd=place.dir_fd)
                 _fsync_dir(place.dir_fd)  # an `ok` means the directory survives a crash
             except FileExistsError:
-                st = _lstat(place.dir_fd, place.name)
+                st = lstat_at(place.dir_fd, place.name)
                 if st is not None and stat_mod.S_ISLNK(st.st_mode):
                     home_fd = open_home(self._root_fd, self._home(account))
                     try:
@@ -1028,7 +1032,7 @@ class LocalStorage:
         if not parts:
             raise ForbiddenError("/: the home directory cannot be removed")
         with self._walk(account, vpath, parts, follow=False) as place, os_errors(vpath):
-            st = _lstat(place.dir_fd, place.name)
+            st = lstat_at(place.dir_fd, place.name)
             if st is None:
                 raise NotFoundError(f"{vpath}: no such file or directory")
             if stat_mod.S_ISDIR(st.st_mode):
@@ -1064,7 +1068,7 @@ class LocalStorage:
             with os.scandir(fd) as items:
                 names = [item.name for item in items]
             for name in names:
-                held = _lstat(fd, name)
+                held = lstat_at(fd, name)
                 if held is not None and stat_mod.S_ISDIR(held.st_mode):
                     child = open_dir(fd, name)  # O_NOFOLLOW: a directory swapped for a link is refused
                     try:
@@ -1088,11 +1092,11 @@ class LocalStorage:
             if new[: len(old)] == old and new != old:
                 raise ForbiddenError(f"{_short(tpath)}: a directory cannot move into itself")
             with os_errors(vpath):
-                st = _lstat(src.dir_fd, src.name)
+                st = lstat_at(src.dir_fd, src.name)
             if st is None:
                 raise NotFoundError(f"{vpath}: no such file or directory")
             with self.usage.lock, os_errors(tpath):
-                there = _lstat(dst.dir_fd, dst.name)
+                there = lstat_at(dst.dir_fd, dst.name)
                 if there is None:
                     _rename_noreplace(src.dir_fd, src.name, dst.dir_fd, dst.name)
                 elif (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
@@ -1167,7 +1171,7 @@ class LocalStorage:
         """Remove the entry `name` of the open directory `where` unless it is a directory
         (gone, or made meanwhile: the rmdir after says not_empty); a file's bytes leave usage."""
         with self.usage.lock:
-            held = _lstat(fd, name)
+            held = lstat_at(fd, name)
             if held is None or stat_mod.S_ISDIR(held.st_mode):
                 return
             os.unlink(name, dir_fd=fd)  # a link itself, never what it points at
@@ -1184,7 +1188,7 @@ class LocalStorage:
                     continue
                 key = self._claim_key(dir_fd, name)
                 with self._lock, self.usage.lock, contextlib.suppress(OSError):
-                    now = _lstat(dir_fd, name)  # resumed since the scan? then it is fresh again
+                    now = lstat_at(dir_fd, name)  # resumed since the scan? then it is fresh again
                     if key in self._claims or now is None or now.st_mtime >= cutoff:
                         continue
                     if not stat_mod.S_ISREG(now.st_mode):
