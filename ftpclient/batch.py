@@ -433,11 +433,13 @@ class Batch:
     _aborted: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
     _temps: TempFiles = field(default_factory=TempFiles, repr=False)  # pipelined downloads' hidden files
+    _missing: dict[str, bool] = field(default_factory=dict, repr=False)  # remote folder -> it was not there
 
     def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
         """Run every job; `first_client`, if given, is used by the first worker."""
         summary = Summary()
         started = time.monotonic()
+        self._missing.clear()  # what another run saw is no hint for this one
         pace = RateLimiter(self.limit_rate) if self.limit_rate else None
         crew = _Crew(jobs)
         count = max(1, min(self.workers, len(jobs)))
@@ -572,11 +574,16 @@ class Batch:
     def _pipelined_puts(
         self, client: Client, puts: list[tuple[int, Job]], outcomes: dict[int, Outcome]
     ) -> None:
-        """Skip what the server holds already (pipelined stats, the local MD5), send the rest."""
+        """Skip what the server holds already (pipelined stats, the local MD5), send the rest.
+        A file whose remote folder is missing needs no stat: only the folder is asked about,
+        once per batch (a fresh tree costs a stat per folder, not per file)."""
         send: list[tuple[int, Job]] = []
-        for (index, job), there in zip(
-            puts, stat_pipelined(client, [job.remote for _, job in puts]), strict=True
-        ):
+        missing = self._missing_folders(client, [job.remote for _, job in puts])
+        asked = [(index, job) for index, job in puts if posixpath.dirname(job.remote) not in missing]
+        answers = stat_pipelined(client, [job.remote for _, job in asked])
+        found = {index: there for (index, _), there in zip(asked, answers, strict=True)}
+        for index, job in puts:
+            there = found.get(index)
             if isinstance(there, Entry) and there.type == "file":
                 if there.size == job.size and there.md5 == md5_file(job.local):
                     if self.preserve and abs(there.mtime - job.local.stat().st_mtime_ns / 1e9) >= 1e-3:
@@ -600,6 +607,16 @@ class Batch:
             parents=self.parents,
             preserve=self.preserve,
         )
+
+    def _missing_folders(self, client: Client, remotes: list[str]) -> set[str]:
+        """The remote folders of `remotes` that were not there when first asked about in
+        this batch. Only a hint: the server still checks every put against what is there
+        (a file that appears meanwhile is replaced, or kept with `no_clobber`)."""
+        folders = sorted({posixpath.dirname(remote) for remote in remotes})
+        unknown = [folder for folder in folders if folder not in self._missing]
+        for folder, there in zip(unknown, stat_pipelined(client, unknown), strict=True):
+            self._missing[folder] = isinstance(there, ProtocolError) and there.code == "not_found"
+        return {folder for folder in folders if self._missing[folder]}
 
     def _pipelined_gets(
         self, client: Client, gets: list[tuple[int, Job]], outcomes: dict[int, Outcome]

@@ -488,3 +488,44 @@ def test_small_files_share_one_pipelined_connection_and_big_ones_get_more(port, 
     assert len(made) == 1 + big  # the pipelining one, and one more per file that goes the v1 way
     for client in made:
         client.close()
+
+
+class CountingClient(Client):
+    """A real client that counts the requests it sends, by op."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.sent: dict[str, int] = {}
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _send(self, message: dict, *args: object, **kwargs: object) -> None:
+        op = str(message.get("op"))
+        self.sent[op] = self.sent.get(op, 0) + 1
+        super()._send(message, *args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_fresh_tree_costs_a_stat_per_folder_and_a_known_one_a_stat_per_file(port, tmp_path, storage):
+    tree = tmp_path / "tree"
+    files = {f"d{d:02}/f{f:03}": os.urandom(100 + f) for d in range(3) for f in range(20)}
+    for name, data in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(data)
+    (storage / "up" / "tree" / "d00").mkdir(parents=True)
+    (storage / "up" / "tree" / "d00" / "f000").write_bytes(files["d00/f000"])  # identical
+    (storage / "up" / "tree" / "d00" / "f001").write_bytes(b"other")  # different: replaced
+
+    def upload() -> tuple[CountingClient, object]:
+        jobs, failed = plan_put([str(tree)], "/up", recursive=True, filters=Filters())
+        assert failed == []
+        client = CountingClient("127.0.0.1", port, timeout=10)
+        with client:
+            return client, Batch(lambda: client, workers=1).run(jobs, first_client=client)
+
+    client, summary = upload()
+    # d00 exists: a stat for each of its 20 files; d01 and d02 do not: a stat for each folder.
+    assert client.sent["stat"] == 3 + 20
+    assert summary.failed == 0 and summary.sent == 59 and summary.skipped == 1
+    for name, data in files.items():
+        assert (storage / "up" / "tree" / name).read_bytes() == data
+    client, summary = upload()  # all there now: every file is asked about, none is sent
+    assert client.sent["stat"] == 3 + 60 and client.sent.get("put", 0) == 0
+    assert summary.sent == 0 and summary.skipped == 60
