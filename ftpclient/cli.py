@@ -421,8 +421,10 @@ class Output:
         with self._writing():
             if self.json:
                 print(json.dumps(record, ensure_ascii=False), file=self.stdout, flush=True)
-            elif not self.quiet and text:
+            elif not self.quiet and text and self.bars:
                 write_line(text, self.stdout)  # clears any progress bar first, so the two do not mix
+            elif not self.quiet and text:
+                print(text, file=self.stdout, flush=True)
 
     def listing(self, text: str, record: Record) -> None:
         """A line that is the answer itself (ls, stat): printed even with -q."""

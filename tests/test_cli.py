@@ -187,6 +187,27 @@ def test_console_scripts_are_installed():
         assert result.returncode == 0 and f"usage: {script}" in result.stdout
 
 
+def test_a_run_without_bars_never_loads_tqdm(port, work):
+    """tqdm's import is a sixth of a quiet run's start-up: it waits until a bar is drawn."""
+    (work / "a.txt").write_text("a\n")
+    code = (
+        "import sys\n"
+        "from ftpclient.cli import main\n"
+        f"status = main(['--port', '{port}', 'put', 'a.txt'])\n"
+        "sys.exit(10 + status if 'tqdm' in sys.modules else status)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=work,
+        env=client_environ(port),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "a.txt" in result.stdout  # its result line, printed without tqdm
+
+
 def test_the_installed_client_script_end_to_end(port, work):
     """The console script as a process: real streams, not a terminal, so no bar."""
     script = shutil.which("ftpclient") or os.path.join(os.path.dirname(sys.executable), "ftpclient")
