@@ -622,8 +622,10 @@ class Batch:
         self, client: Client, gets: list[tuple[int, Job]], outcomes: dict[int, Outcome]
     ) -> None:
         """Skip the local files that are identical already, fetch the rest."""
-        there = [(index, job) for index, job in gets if os.path.lexists(job.local)]
-        fetch = [(index, job) for index, job in gets if not os.path.lexists(job.local)]
+        there: list[tuple[int, Job]] = []
+        fetch: list[tuple[int, Job]] = []
+        for index, job in gets:
+            (there if os.path.lexists(job.local) else fetch).append((index, job))
         if there and self.no_clobber:
             for index, job in there:
                 outcomes[index] = Outcome(job, "skipped", note="exists")

@@ -22,6 +22,7 @@ it alone; an error that ends the connection is raised.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
@@ -139,14 +140,14 @@ class TempFiles:
     what a caller removes after an interruption cut the threads short."""
 
     def __init__(self) -> None:
-        self._paths: set[Path] = set()
+        self._paths: set[str] = set()
         self._lock = threading.Lock()
 
-    def add(self, path: Path) -> None:
+    def add(self, path: str) -> None:
         with self._lock:
             self._paths.add(path)
 
-    def discard(self, path: Path) -> None:
+    def discard(self, path: str) -> None:
         with self._lock:
             self._paths.discard(path)
 
@@ -154,7 +155,7 @@ class TempFiles:
         with self._lock:
             paths, self._paths = self._paths, set()
         for path in paths:
-            path.unlink(missing_ok=True)
+            _unlink(path)
 
 
 @dataclass
@@ -168,7 +169,7 @@ class _Get:
 @dataclass
 class _Written:
     get: _Get
-    temp: Path
+    temp: str
     fd: int
     size: int
     md5: str
@@ -227,7 +228,7 @@ def get_pipelined(
         if header is None:
             return
         size, md5 = _checked_header(client, header, preserve)
-        temp = get.local.parent / f"{PARTIAL_PREFIX}{uuid.uuid4().hex}"
+        temp = os.path.join(os.path.dirname(get.local), f"{PARTIAL_PREFIX}{uuid.uuid4().hex}")
         try:
             fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
         except OSError as exc:  # this file's folder refuses it: the file fails alone, in step
@@ -254,12 +255,12 @@ def get_pipelined(
         except BaseException:
             digest.close()
             os.close(fd)
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             temps.discard(temp)
             raise
         if digest.hexdigest() != md5:
             os.close(fd)
-            temp.unlink(missing_ok=True)
+            _unlink(temp)
             temps.discard(temp)
             on_done(
                 get.index,
@@ -308,7 +309,7 @@ def get_pipelined(
         for left in written:  # interrupted: what was not committed is not kept
             if left.fd >= 0:
                 os.close(left.fd)
-            left.temp.unlink(missing_ok=True)
+            _unlink(left.temp)
             temps.discard(left.temp)
 
 
@@ -358,7 +359,7 @@ def _commit_downloads(group: list[_Written], preserve: bool, on_done: Done, temp
                 temps.discard(item.temp)
                 directories.setdefault(item.get.local.parent, []).append(item)
                 continue
-        item.temp.unlink(missing_ok=True)
+        _unlink(item.temp)
         temps.discard(item.temp)
     for directory, items in directories.items():
         try:
@@ -433,6 +434,11 @@ def _read_small(local: Path) -> tuple[bytes | None, os.stat_result | None]:
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _since(started: float) -> float:
