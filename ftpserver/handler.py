@@ -506,6 +506,8 @@ class Session(socketserver.BaseRequestHandler):
 
     def emit(self, event: str, path: str, **more: object) -> None:
         """Tell the hooks (never waiting for them); `path` as the canonical virtual path."""
+        if event not in self.server.hooks.events:
+            return  # no hook wants it: nothing to work out
         user = self.account.name if self.account and self.account.name else "anonymous"
         where = join_path(split_path(path))
         self.server.hooks.emit(event, user=user, path=where, address=self.client_address[0], **more)

@@ -44,6 +44,7 @@ class Hooks:
 
     def __init__(self, hooks: tuple[Hook, ...]) -> None:
         self.hooks = hooks
+        self.events = frozenset(event for hook in hooks for event in hook.events)  # wanted by some hook
         self.dropped = 0
         self._queue: queue.Queue[dict | None] = queue.Queue(QUEUE_SIZE)
         self._worker: threading.Thread | None = None
@@ -53,7 +54,7 @@ class Hooks:
 
     def emit(self, event: str, **fields: object) -> None:
         """Queue `event` for the hooks that want it (fields: user, path, size, md5, address)."""
-        if not any(event in hook.events for hook in self.hooks):
+        if event not in self.events:
             return
         try:
             self._queue.put_nowait({"event": event, **fields})
