@@ -106,11 +106,13 @@ def unique_destinations(jobs: list[Job], failed: list[Outcome]) -> list[Job]:
         key: object = job.remote
         if job.op == "mkdir-local":
             key = job.local.resolve()
-        elif job.op == "get":  # a download replaces its name, so a symlink there is not followed
+        elif job.op == "get":
             folder = folders.get(job.local.parent)
             if folder is None:
                 folder = folders[job.local.parent] = os.path.realpath(job.local.parent)
             key = Path(folder, job.local.name)
+            if key.is_symlink():  # a download that finds it identical would touch the target
+                key = key.resolve()
         if key not in kept:
             kept[key] = job
         elif kept[key] != job:

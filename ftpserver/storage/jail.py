@@ -141,16 +141,23 @@ def walk(
     """
     # `fd` is the directory reached so far; while that is the home, it is `home_fd`
     # itself (no copy: a put or get in a home's top folder costs two system calls less).
-    fd, where = (os.dup(start[0]), start[1]) if start is not None else (home_fd, home)
-    pending = list(reversed(parts))
-    hops = 0
+    # Each descriptor is closed once, whatever fails: `fd` is replaced before the directory
+    # it leaves is closed, and `home_fd` is closed in one place, unless the place keeps it.
+    fd = -1
 
-    def leave(fd: int) -> None:
-        if fd != home_fd:
-            os.close(fd)
+    def move(new: int) -> None:
+        """Go on from `new`; the directory left behind is closed (never the home's)."""
+        nonlocal fd
+        old, fd = fd, new
+        if old >= 0 and old != home_fd:
+            os.close(old)
 
     try:
-        while pending:
+        fd, where = (os.dup(start[0]), start[1]) if start is not None else (home_fd, home)
+        pending = list(reversed(parts))
+        hops = 0
+        place = None
+        while pending and place is None:
             name = pending.pop()
             if name in ("", "."):
                 continue
@@ -158,17 +165,16 @@ def walk(
                 if len(where) <= len(home):
                     raise ForbiddenError("a symbolic link leads outside the home directory")
                 where = where[:-1]
-                leave(fd)
-                fd = -1
-                fd = _open_below(home_fd, where[len(home) :]) if len(where) > len(home) else home_fd
+                move(-1)
+                move(_open_below(home_fd, where[len(home) :]) if len(where) > len(home) else home_fd)
                 continue
             if name.startswith(RESERVED_PREFIX):
                 raise ForbiddenError("a symbolic link leads to the server's own files")
             seen = lstat_at(fd, name) if not pending and follow else None
             if not pending and not (seen is not None and stat_mod.S_ISLNK(seen.st_mode)):
-                place = _place(fd, where, name, home_fd)
+                place = Place(fd, where, name)
                 place._seen = (seen,) if follow else None
-                return place
+                continue
             if pending:
                 try:
                     child = open_dir(fd, name, create)
@@ -183,8 +189,8 @@ def walk(
                     if not stat_mod.S_ISLNK(kind):
                         raise
                 else:
-                    leave(fd)
-                    fd, where = child, (*where, name)
+                    move(child)
+                    where = (*where, name)
                     if len(where) - len(home) > MAX_DEPTH:
                         raise ForbiddenError(f"the path is deeper than {MAX_DEPTH} directories")
                     continue
@@ -196,26 +202,25 @@ def walk(
                 inside = _below(target, home_path)
                 if inside is None:
                     raise ForbiddenError("an absolute symbolic link leads outside the home directory")
-                leave(fd)
-                fd, where = home_fd, home
+                move(home_fd)
+                where = home
                 target = inside
             pending.extend(reversed(target.split("/")))
-        # The path named the home itself, or a link's target ended on a directory
+        # Else the path named the home itself, or a link's target ended on a directory
         # (`sub/..`): the place is that directory, with no name.
-        return _place(fd, where, "", home_fd)
+        place = place or Place(fd, where, "")
     except BaseException:
-        if fd >= 0:
-            leave(fd)
+        if fd >= 0 and fd != home_fd:
+            os.close(fd)
         os.close(home_fd)
         raise
-
-
-def _place(fd: int, where: tuple[str, ...], name: str, home_fd: int) -> Place:
-    """The place a walk ended at; the home's descriptor goes with it if that is where
-    it ended, and is closed otherwise."""
-    if fd != home_fd:
-        os.close(home_fd)
-    return Place(fd, where, name)
+    if place.dir_fd != home_fd:
+        try:
+            os.close(home_fd)
+        except OSError:
+            place.close()
+            raise
+    return place
 
 
 def _below(target: str, home_path: str | None) -> str | None:
