@@ -322,15 +322,16 @@ def _plan_remote_tree(client: Client, remote_root: str, local_root: Path, filter
     return jobs
 
 
-def walk_remote(client: Client, root: str) -> Iterator[tuple[str, str, list[Entry]]]:
+def walk_remote(client: Client, root: str, md5: bool = False) -> Iterator[tuple[str, str, list[Entry]]]:
     """(remote directory, its path below `root`, its entries) for the remote directory
-    `root` (first, as "") and every directory below it, parents before children."""
+    `root` (first, as "") and every directory below it, parents before children. With
+    `md5`, files carry the MD5s the server knows without reading them (`Client.ls`)."""
     pending = [(root, "")]
     while pending:
         remote_dir, relative = pending.pop()
         if len(remote_dir.encode()) > MAX_PATH_BYTES:
             raise ProtocolMismatchError(f"{remote_dir[:80]}...: remote tree deeper than any valid path")
-        entries = client.ls(remote_dir)
+        entries = client.ls(remote_dir, md5=md5)
         yield remote_dir, relative, entries
         for entry in reversed(entries):
             if entry.type == "dir":
@@ -340,6 +341,7 @@ def walk_remote(client: Client, root: str) -> Iterator[tuple[str, str, list[Entr
 # -- running -------------------------------------------------------------------
 
 PIPELINE_RUN = 64  # small files a worker takes at once when its server offers `eager`
+LIST_AT_LEAST = 16  # a remote folder's small files in a batch from which one listing beats a stat each
 CLEAN_UP_WAIT = 0.5  # seconds an interrupted batch gives its workers, in all, before it goes
 
 
@@ -436,12 +438,22 @@ class Batch:
     _error: BaseException | None = field(default=None, repr=False)
     _temps: TempFiles = field(default_factory=TempFiles, repr=False)  # pipelined downloads' hidden files
     _missing: dict[str, bool] = field(default_factory=dict, repr=False)  # remote folder -> it was not there
+    _names: dict[str, set[str]] = field(
+        default_factory=dict, repr=False
+    )  # remote folder -> small files put there
+    _listings: dict[str, dict[str, Entry]] = field(default_factory=dict, repr=False)  # ls-md5, by folder
 
     def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
         """Run every job; `first_client`, if given, is used by the first worker."""
         summary = Summary()
         started = time.monotonic()
         self._missing.clear()  # what another run saw is no hint for this one
+        self._listings.clear()
+        self._names.clear()
+        for job in jobs:
+            if job.op == "put" and self._pipelinable(job):
+                folder, name = posixpath.split(job.remote)
+                self._names.setdefault(folder, set()).add(name)
         pace = RateLimiter(self.limit_rate) if self.limit_rate else None
         crew = _Crew(jobs)
         count = max(1, min(self.workers, len(jobs)))
@@ -578,12 +590,25 @@ class Batch:
     ) -> None:
         """Skip what the server holds already (pipelined stats, the local MD5), send the rest.
         A file whose remote folder is missing needs no stat: only the folder is asked about,
-        once per batch (a fresh tree costs a stat per folder, not per file)."""
+        once per batch (a fresh tree costs a stat per folder, not per file). A folder that
+        gets many of the batch's files is listed once, with MD5s (`ls-md5`): only a file
+        listed with its size but without its MD5 is still asked about."""
         send: list[tuple[int, Job]] = []
         missing = self._missing_folders(client, [job.remote for _, job in puts])
-        asked = [(index, job) for index, job in puts if posixpath.dirname(job.remote) not in missing]
+        listed = self._listed_folders(client, {posixpath.dirname(job.remote) for _, job in puts} - missing)
+        found: dict[int, Entry | ProtocolError | None] = {}
+        asked: list[tuple[int, Job]] = []
+        for index, job in puts:
+            folder, name = posixpath.split(job.remote)
+            if folder in missing:
+                continue
+            entry = listed[folder].get(name) if folder in listed else None
+            if folder in listed and (entry is None or entry.size != job.size or entry.md5 is not None):
+                found[index] = entry  # the listing says all there is to know
+            else:
+                asked.append((index, job))
         answers = stat_pipelined(client, [job.remote for _, job in asked])
-        found = {index: there for (index, _), there in zip(asked, answers, strict=True)}
+        found.update((index, there) for (index, _), there in zip(asked, answers, strict=True))
         for index, job in puts:
             there = found.get(index)
             if isinstance(there, Entry) and there.type == "file":
@@ -609,6 +634,25 @@ class Batch:
             parents=self.parents,
             preserve=self.preserve,
         )
+
+    def _listed_folders(self, client: Client, folders: set[str]) -> dict[str, dict[str, Entry]]:
+        """The listings (with MD5s, from a server that offers `ls-md5`) of the folders that
+        get at least `LIST_AT_LEAST` of the batch's small files, each taken once per batch;
+        only the entries of the batch's own names are kept."""
+        if "ls-md5" not in client.features:
+            return {}
+        wanted = {folder for folder in folders if len(self._names.get(folder, ())) >= LIST_AT_LEAST}
+        for folder in sorted(wanted - self._listings.keys()):
+            try:
+                entries = client.ls(folder, md5=True)
+            except ProtocolError as exc:
+                if exc.closes:
+                    raise
+                wanted.discard(folder)  # not a folder after all: each file is asked about
+                continue
+            names = self._names[folder]
+            self._listings[folder] = {entry.name: entry for entry in entries if entry.name in names}
+        return {folder: self._listings[folder] for folder in wanted}
 
     def _missing_folders(self, client: Client, remotes: list[str]) -> set[str]:
         """The remote folders of `remotes` that were not there when first asked about in

@@ -292,9 +292,14 @@ class Client:
         self.permissions = permissions if isinstance(permissions, str) else None
         return self.permissions
 
-    def ls(self, path: str = "/") -> list[Entry]:
-        """Entries of a directory (or the one entry of a file), over as many pages as it takes."""
-        self._send({"op": "ls", "path": path})
+    def ls(self, path: str = "/", md5: bool = False) -> list[Entry]:
+        """Entries of a directory (or the one entry of a file), over as many pages as it takes.
+        With `md5`, from a server that offers `ls-md5`, a file's entry has its MD5 when the
+        server knows it without reading the file (else `md5` is None: `stat` it)."""
+        message: dict[str, object] = {"op": "ls", "path": path}
+        if md5 and "ls-md5" in self.features:
+            message["md5"] = True
+        self._send(message)
         entries = []
         while True:
             page = self._response()

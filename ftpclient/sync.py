@@ -66,6 +66,7 @@ class Item:
     mtime: float = 0.0
     skip: str = ""  # a local symlink not followed
     empty: bool = False  # a directory with nothing in it
+    md5: str | None = None  # a remote file's, if its listing had it (ls-md5)
 
 
 @dataclass
@@ -81,8 +82,9 @@ class SyncPlan:
     deletes: list[Item] = field(default_factory=list)
 
 
-def tree(client: Client, side: Side, links: str | None) -> dict[str, Item] | None:
-    """The items below `side`'s directory by their path within it; None if it does not exist."""
+def tree(client: Client, side: Side, links: str | None, md5: bool = False) -> dict[str, Item] | None:
+    """The items below `side`'s directory by their path within it; None if it does not exist.
+    With `md5`, remote files carry the MD5s their listing gives (ls-md5)."""
     if side.remote:
         try:
             root = client.stat(side.path)
@@ -91,10 +93,12 @@ def tree(client: Client, side: Side, links: str | None) -> dict[str, Item] | Non
         if root.type != "dir":
             raise UsageError(f"sync: {side} is a file; sync works on directories (get or put moves one file)")
         items = {}
-        for remote_dir, relative, entries in walk_remote(client, side.path):
+        for remote_dir, relative, entries in walk_remote(client, side.path, md5):
             for entry in entries:
                 path = remote_join(remote_dir, entry.name)
-                items[posixpath.join(relative, entry.name)] = Item(entry.type, path, entry.size, entry.mtime)
+                items[posixpath.join(relative, entry.name)] = Item(
+                    entry.type, path, entry.size, entry.mtime, md5=entry.md5
+                )
         _mark_empty(items)
         return items
     root_path = Path(side.path)
@@ -138,11 +142,11 @@ def plan_sync(
         raise UsageError(
             "sync: one side must be remote, written with a leading ':' (sync DIR :/DIR, or back)"
         )
-    src = tree(client, source, links)
+    src = tree(client, source, links, checksum)
     if src is None:
         where = "on the server" if source.remote else "here"
         raise FileNotFoundError(2, f"no such directory {where}", str(source))
-    dst = tree(client, dest, "skip")
+    dst = tree(client, dest, "skip", checksum)
     plan = SyncPlan()
     if dst is None:
         plan.jobs.append(_job(source, dest, "", Item("dir", source.path)))
@@ -190,7 +194,10 @@ def _difference(
 
 
 def _md5(client: Client, item: Item, remote: bool) -> str | None:
-    return client.stat(item.path).md5 if remote else md5_file(item.path)
+    """A file's MD5: a remote one's from its listing if it had it, else from a `stat`."""
+    if not remote:
+        return md5_file(item.path)
+    return item.md5 or client.stat(item.path).md5
 
 
 def _deletes(src: dict[str, Item], dst: dict[str, Item], filters: Filters) -> list[Item]:

@@ -57,7 +57,7 @@ OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
         OpSpec("login", {"user": Field("str"), "password": Field("str")}, needs_auth=False),
-        OpSpec("ls", {"path": Field("str", "/")}),
+        OpSpec("ls", {"path": Field("str", "/"), "md5": Field("bool", False, "ls-md5")}),
         OpSpec("stat", {"path": Field("str")}),
         OpSpec(
             "get",

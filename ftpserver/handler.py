@@ -309,8 +309,8 @@ class Session(socketserver.BaseRequestHandler):
         )
         self.reply({"ok": True, "user": user, "permissions": account.permissions})
 
-    def op_ls(self, path: str) -> None:
-        vpath, entries = self.storage.list(self.acting, path)
+    def op_ls(self, path: str, md5: bool = False) -> None:
+        vpath, entries = self.storage.list(self.acting, path, md5)
         for start in range(0, max(len(entries), 1), LS_PAGE):
             more = start + LS_PAGE < len(entries)
             page = entries[start : start + LS_PAGE]

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ftpclient import Client
 from ftpclient.cli import main as client_main
 from ftpclient.environment import Environment
 from ftpproto.io import FrameStream
@@ -395,3 +396,18 @@ def v1_server(make_config, serve, monkeypatch) -> RunningServer:
 
     monkeypatch.setattr(ftpserver.handler, "FEATURES", ())
     return serve(make_config())
+
+
+class CountingClient(Client):
+    """A real client that counts the requests it sends, by op; `without` hides extensions
+    the server offers, as if it did not."""
+
+    def __init__(self, *args: object, without: frozenset[str] = frozenset(), **kwargs: object) -> None:
+        self.sent: dict[str, int] = {}
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.features = frozenset(self.features) - without
+
+    def _send(self, message: dict, *args: object, **kwargs: object) -> None:
+        op = str(message.get("op"))
+        self.sent[op] = self.sent.get(op, 0) + 1
+        super()._send(message, *args, **kwargs)  # type: ignore[arg-type]

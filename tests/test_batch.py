@@ -28,7 +28,7 @@ from ftpclient import Client
 from ftpclient.batch import Batch, Filters, plan_put
 from ftpproto.messages import EAGER_PUT_MAX
 
-from .conftest import run_cli, start_server_process, wait_until, write_config
+from .conftest import CountingClient, run_cli, start_server_process, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -490,42 +490,35 @@ def test_small_files_share_one_pipelined_connection_and_big_ones_get_more(port, 
         client.close()
 
 
-class CountingClient(Client):
-    """A real client that counts the requests it sends, by op."""
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        self.sent: dict[str, int] = {}
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-
-    def _send(self, message: dict, *args: object, **kwargs: object) -> None:
-        op = str(message.get("op"))
-        self.sent[op] = self.sent.get(op, 0) + 1
-        super()._send(message, *args, **kwargs)  # type: ignore[arg-type]
-
-
-def test_a_fresh_tree_costs_a_stat_per_folder_and_a_known_one_a_stat_per_file(port, tmp_path, storage):
+@pytest.mark.parametrize("listing", [True, False], ids=["ls-md5", "stats"])
+def test_a_tree_upload_asks_about_folders_then_only_what_it_must(port, tmp_path, storage, listing):
     tree = tmp_path / "tree"
     files = {f"d{d:02}/f{f:03}": os.urandom(100 + f) for d in range(3) for f in range(20)}
     for name, data in files.items():
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_bytes(data)
-    (storage / "up" / "tree" / "d00").mkdir(parents=True)
-    (storage / "up" / "tree" / "d00" / "f000").write_bytes(files["d00/f000"])  # identical
-    (storage / "up" / "tree" / "d00" / "f001").write_bytes(b"other")  # different: replaced
+    there = storage / "up" / "tree" / "d00"
+    there.mkdir(parents=True)
+    (there / "f000").write_bytes(files["d00/f000"])  # identical, put there by hand: MD5 unknown
+    (there / "f001").write_bytes(b"other")  # different: replaced
+    (there / "f002").write_bytes(files["d00/f002"][::-1])  # same size, other bytes: replaced
 
     def upload() -> tuple[CountingClient, object]:
         jobs, failed = plan_put([str(tree)], "/up", recursive=True, filters=Filters())
         assert failed == []
-        client = CountingClient("127.0.0.1", port, timeout=10)
+        without = frozenset() if listing else frozenset({"ls-md5"})
+        client = CountingClient("127.0.0.1", port, timeout=10, without=without)
         with client:
             return client, Batch(lambda: client, workers=1).run(jobs, first_client=client)
 
     client, summary = upload()
-    # d00 exists: a stat for each of its 20 files; d01 and d02 do not: a stat for each folder.
-    assert client.sent["stat"] == 3 + 20
     assert summary.failed == 0 and summary.sent == 59 and summary.skipped == 1
     for name, data in files.items():
         assert (storage / "up" / "tree" / name).read_bytes() == data
-    client, summary = upload()  # all there now: every file is asked about, none is sent
-    assert client.sent["stat"] == 3 + 60 and client.sent.get("put", 0) == 0
-    assert summary.sent == 0 and summary.skipped == 60
+    # A stat for each folder; d01 and d02 were missing, so nothing more for their files.
+    # d00 exists: one listing, then a stat for each file listed with its size but no MD5
+    # (f000 and f002, put there by hand); without ls-md5, a stat for each of its files.
+    assert (client.sent["stat"], client.sent.get("ls", 0)) == ((3 + 2, 1) if listing else (3 + 20, 0))
+    client, summary = upload()  # all there now, stored by the server: nothing is sent
+    assert (client.sent["stat"], client.sent.get("ls", 0)) == ((3, 3) if listing else (3 + 60, 0))
+    assert client.sent.get("put", 0) == 0 and summary.sent == 0 and summary.skipped == 60

@@ -59,6 +59,25 @@ def test_a_file_put_on_disk_by_hand_is_hashed_once_then_remembered(server):
         assert client.stat("/f").md5 == md5(b"by hand")
 
 
+def test_a_listing_with_md5_gives_what_is_remembered_and_nothing_stale(server, tmp_path):
+    (tmp_path / "f").write_bytes(b"stored")
+    (server.root / "d").mkdir()
+    (server.root / "d" / "by-hand").write_bytes(b"by hand")
+    (server.root / "d" / "sub").mkdir()
+    with connect(server) as client:
+        client.put(tmp_path / "f", "/d/stored")
+        listed = {entry.name: entry.md5 for entry in client.ls("/d", md5=True)}
+        # Stored by the server: known. Copied in by hand: not known until something reads it.
+        assert listed == {"stored": md5(b"stored"), "by-hand": None, "sub": None}
+        assert client.stat("/d/by-hand").md5 == md5(b"by hand")
+        assert client.ls("/d/by-hand", md5=True)[0].md5 == md5(b"by hand")
+        # What the cache says is only used while size, mtime and inode match.
+        (server.root / "d" / "stored").write_bytes(b"STORED")  # same size, new mtime
+        os.utime(server.root / "d" / "stored", ns=(0, 10**18))
+        assert {entry.name: entry.md5 for entry in client.ls("/d", md5=True)}["stored"] is None
+        assert all(entry.md5 is None for entry in client.ls("/d"))  # a plain listing has none
+
+
 def test_deleting_the_database_loses_nothing_but_time(make_config, serve, tmp_path):
     config = make_config()
     first = serve(config)

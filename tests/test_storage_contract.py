@@ -911,6 +911,23 @@ def test_ls_sorts_by_name_and_shows_type_size_and_mtime(storage, alice):
         assert isinstance(e["mtime"], float) and before - 5 <= e["mtime"] <= time.time() + 5
 
 
+def test_ls_with_md5_gives_the_same_entries_and_only_true_checksums(storage, alice):
+    put(storage, alice, "d/a", b"aaa", parents=True)
+    put(storage, alice, "d/b", b"bbbb")
+    storage.mkdir(alice, "d/sub", False)
+    path, plain = storage.list(alice, "d")
+    assert all("md5" not in entry for entry in plain)
+    assert storage.list(alice, "d", md5=True)[0] == path
+    listed = storage.list(alice, "d", md5=True)[1]
+    assert [{k: v for k, v in entry.items() if k != "md5"} for entry in listed] == plain
+    by_name = {entry["name"]: entry for entry in listed}
+    assert "md5" not in by_name["sub"]
+    for name, data in (("a", b"aaa"), ("b", b"bbbb")):  # stored through the backend: known
+        assert by_name[name]["md5"] == md5(data)
+    [one] = storage.list(alice, "d/a", md5=True)[1]
+    assert one["md5"] == md5(b"aaa")
+
+
 def test_ls_of_a_file_lists_that_file_and_paths_come_back_canonical(storage, alice):
     put(storage, alice, "d/e/f", b"12345", parents=True)
     path, entries = storage.list(alice, "d/./e/../e//f")

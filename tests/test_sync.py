@@ -9,7 +9,9 @@ import os
 
 import pytest
 
-from .conftest import run_cli
+from ftpclient.sync import Side, plan_sync
+
+from .conftest import CountingClient, run_cli
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,6 +99,21 @@ def test_checksum_compares_content_not_time(server, tmp_path):
     changed = run_cli("sync", "site", ":/www", "--checksum", "--json", port=server.port, cwd=tmp_path)
     assert records(changed)[-1]["sent"] == 1
     assert (server.root / "www" / "index.html").read_text() == "<h1>HOME</h1>"
+
+
+@pytest.mark.parametrize("listing", [True, False], ids=["ls-md5", "stats"])
+def test_a_checksum_sync_takes_the_servers_md5s_from_its_listings(server, tmp_path, monkeypatch, listing):
+    site = tmp_path / "site"
+    make_site(site)
+    assert run_cli("sync", "site", ":/www", port=server.port, cwd=tmp_path).returncode == 0
+    (server.root / "www" / "css" / "site.css").write_text("body {}")  # rewritten by hand: not known
+    monkeypatch.chdir(tmp_path)
+    without = frozenset() if listing else frozenset({"ls-md5"})
+    with CountingClient("127.0.0.1", server.port, timeout=10, without=without) as client:
+        plan = plan_sync(client, Side.parse("site"), Side.parse(":/www"), checksum=True)
+    assert plan.jobs == [] and plan.unchanged == 3
+    # The root, then only the file the server has not read since it changed (or every file).
+    assert client.sent["stat"] == (1 + 1 if listing else 1 + 3)
 
 
 def test_wrong_input(server, tmp_path):

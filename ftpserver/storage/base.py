@@ -92,8 +92,10 @@ class Storage(Protocol):
     def ensure_home(self, account: Account) -> None:
         """Create the account's home if it is missing, and start counting its usage."""
 
-    def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
-        """The canonical path and its entries sorted by name (one entry for a file)."""
+    def list(self, account: Account, path: str, md5: bool = False) -> tuple[str, list[dict]]:
+        """The canonical path and its entries sorted by name (one entry for a file). With
+        `md5` (the ls-md5 extension), a file's entry carries its `md5` if the backend
+        knows it without reading the file."""
 
     def stat(self, account: Account, path: str) -> dict:
         """One entry; a file's carries its `md5`."""

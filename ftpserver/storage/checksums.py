@@ -66,13 +66,20 @@ class ChecksumCache:
 
     def lookup(self, path: str, st: os.stat_result) -> str | None:
         """The remembered MD5 of the file at `path` if it is unchanged since, else None."""
+        return self.lookup_many([(path, st)])[0]
+
+    def lookup_many(self, files: list[tuple[str, os.stat_result]]) -> list[str | None]:
+        """`lookup()` of each (path, stat), under one hold of the lock (a listing's files)."""
+        found: list[str | None] = []
         with self._lock:
-            rows = self._query(
-                "SELECT md5 FROM checksums WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
-                (path, st.st_size, st.st_mtime_ns, st.st_ino),
-            )
-            self.stats["hit" if rows else "miss"] += 1
-        return rows[0][0] if rows else None
+            for path, st in files:
+                rows = self._query(
+                    "SELECT md5 FROM checksums WHERE path=? AND size=? AND mtime_ns=? AND inode=?",
+                    (path, st.st_size, st.st_mtime_ns, st.st_ino),
+                )
+                self.stats["hit" if rows else "miss"] += 1
+                found.append(rows[0][0] if rows else None)
+        return found
 
     def record(self, path: str, st: os.stat_result, md5: str) -> None:
         self.record_many([(path, st, md5)])

@@ -626,7 +626,7 @@ class LocalStorage:
             raise IsDirectoryError(f"{vpath}: is a directory")
         return open(fd, "rb", closefd=True), st
 
-    def list(self, account: Account, path: str) -> tuple[str, list[dict]]:
+    def list(self, account: Account, path: str, md5: bool = False) -> tuple[str, list[dict]]:
         vpath, parts = self._parse(account, path)
         with self._walk(account, vpath, parts, follow=True) as place:
             fd, st = self._open(place, vpath)
@@ -634,17 +634,24 @@ class LocalStorage:
                 if stat_mod.S_ISDIR(st.st_mode):
                     where = (*place.parts, place.name) if place.name else place.parts
                     with os_errors(vpath):
-                        return vpath, self._entries(account, fd, where)
+                        return vpath, self._entries(account, fd, where, md5)
                 if not stat_mod.S_ISREG(st.st_mode):
                     raise ForbiddenError(f"{vpath}: not a regular file")
-                return vpath, [entry(vpath.rsplit("/", 1)[-1], st.st_mode, st.st_size, st.st_mtime_ns / 1e9)]
+                one = entry(vpath.rsplit("/", 1)[-1], st.st_mode, st.st_size, st.st_mtime_ns / 1e9)
+                known = self.checksums.lookup(place.key, st) if md5 else None
+                return vpath, [{**one, "md5": known} if known else one]
             finally:
                 os.close(fd)
 
-    def _entries(self, account: Account, dir_fd: int, where: tuple[str, ...]) -> builtins.list[dict]:
+    def _entries(
+        self, account: Account, dir_fd: int, where: tuple[str, ...], md5: bool = False
+    ) -> builtins.list[dict]:
         """A directory's entries: one fstatat each, whatever the depth; a link is shown
-        as what it leads to if that is inside the home, else left out."""
+        as what it leads to if that is inside the home, else left out. With `md5`, a
+        plain file's entry carries the MD5 the checksum cache holds for it, if any (a
+        link's target is not looked up: its entry has none)."""
         entries = []
+        plain: builtins.list[tuple[dict, str, os.stat_result]] = []  # files that are not links
         home_fd = -1
         try:
             with os.scandir(dir_fd) as items:
@@ -656,15 +663,22 @@ class LocalStorage:
                         st: os.stat_result | None = item.stat(follow_symlinks=False)
                     except OSError:
                         continue  # vanished meanwhile
-                    if st is not None and stat_mod.S_ISLNK(st.st_mode):
+                    linked = st is not None and stat_mod.S_ISLNK(st.st_mode)
+                    if linked:
                         if home_fd < 0:
                             home_fd = open_home(self._root_fd, self._home(account))
                         st = self._follow(account, home_fd, (dir_fd, where), name)
                     if st is not None and (stat_mod.S_ISDIR(st.st_mode) or stat_mod.S_ISREG(st.st_mode)):
                         entries.append(entry(name, st.st_mode, st.st_size, st.st_mtime_ns / 1e9))
+                        if md5 and not linked and stat_mod.S_ISREG(st.st_mode):
+                            plain.append((entries[-1], name, st))
         finally:
             if home_fd >= 0:
                 os.close(home_fd)
+        known = self.checksums.lookup_many([("/".join((*where, name)), st) for _, name, st in plain])
+        for (one, _, _), checksum in zip(plain, known, strict=True):
+            if checksum is not None:
+                one["md5"] = checksum
         return sorted(entries, key=lambda e: e["name"])
 
     def _follow(

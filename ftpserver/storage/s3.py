@@ -188,9 +188,29 @@ def _mtime(head: dict) -> float:
         return float(head["LastModified"].timestamp())
 
 
-def _file_entry(name: str, head: dict) -> dict:
+def _file_entry(name: str, head: dict, md5: bool = False) -> dict:
+    """A file's entry from its HEAD; with `md5`, its MD5 too if the HEAD tells it."""
     mode = stat_mod.S_IFREG | _file_mode(head.get("Metadata", {}))
-    return entry(name, mode, int(head["ContentLength"]), _mtime(head))
+    one = entry(name, mode, int(head["ContentLength"]), _mtime(head))
+    known = _known_md5(head) if md5 else None
+    return {**one, "md5": known} if known else one
+
+
+def _known_md5(head: dict) -> str | None:
+    """A file's MD5 as its HEAD tells it, without reading it: from its metadata, or from
+    a single-part ETag (which is the MD5 when the store does not encrypt with its own keys)."""
+    md5 = str(head.get("Metadata", {}).get("md5", ""))
+    if _is_md5(md5):
+        return md5
+    etag = str(head.get("ETag", "")).strip('"')
+    if _is_md5(etag) and head.get("ServerSideEncryption") != "aws:kms":
+        return etag
+    return None
+
+
+def _is_md5(text: str) -> bool:
+    """32 lower-case hex digits (metadata is anyone's to write: nothing else passes)."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _parent(parts: Home) -> Home:
@@ -1036,16 +1056,12 @@ class S3Storage:
         """A file's MD5: from its metadata; from a single-part ETag (which is the MD5
         when the store does not encrypt with its own keys); or, for an object written
         outside sockftp, hashed once and kept in its metadata."""
-        metadata = head.get("Metadata", {})
-        md5 = metadata.get("md5", "")
-        etag = str(head.get("ETag", "")).strip('"')
-        if len(md5) == 32:
+        known = _known_md5(head)
+        if known is not None:
             self.stats_counts["hit"] += 1
-            return md5
-        if len(etag) == 32 and "-" not in etag and head.get("ServerSideEncryption") != "aws:kms":
-            self.stats_counts["hit"] += 1
-            return etag
+            return known
         self.stats_counts["miss"] += 1
+        metadata = head.get("Metadata", {})
         digest = hashlib.md5()
         reader = io.BufferedReader(
             ObjectReader(self.client, self.bucket, key, head["ETag"], int(head["ContentLength"])), READ_BUFFER
@@ -1077,27 +1093,28 @@ class S3Storage:
             with store_errors("/"):
                 self.usage.track(home)
 
-    def list(self, account: Account, path: str) -> tuple[str, builtins.list[dict]]:
+    def list(self, account: Account, path: str, md5: bool = False) -> tuple[str, builtins.list[dict]]:
         vpath, home, parts = self._parse(account, path)
         with store_errors(vpath):
-            found, entries = self._entries(parts)
+            found, entries = self._entries(parts, md5)
             if found or parts == home:
                 return vpath, entries
             head = self._head_file(parts)
             if head is not None:
-                return vpath, [_file_entry(parts[-1], head)]
+                return vpath, [_file_entry(parts[-1], head, md5)]
             raise self._missing(home, parts, vpath)
 
-    def _entries(self, parts: Home) -> tuple[bool, builtins.list[dict]]:
+    def _entries(self, parts: Home, md5: bool = False) -> tuple[bool, builtins.list[dict]]:
         """Whether the directory at `parts` holds any key, and its entries sorted by name.
-        Files show the time and mode of their metadata, read with a HEAD each (WORKERS at
-        a time); directories the time of their first key, their marker."""
+        Files show the time and mode of their metadata (and with `md5`, the MD5 it holds),
+        read with a HEAD each (WORKERS at a time); directories the time of their first
+        key, their marker."""
         found, files, dirs = self._scan(self.dir_prefix(parts))
         prefix = self.dir_prefix(parts)
 
         def describe(name: str) -> dict | None:
             head = self.head(prefix + name)
-            return None if head is None else _file_entry(name, head)  # gone meanwhile: left out
+            return None if head is None else _file_entry(name, head, md5)  # gone meanwhile: left out
 
         shown = [name for name in files if not name.startswith(RESERVED_PREFIX)]
         entries = [e for e in self.pool.map(describe, shown) if e is not None]

@@ -1258,3 +1258,33 @@ def test_an_eager_get_of_a_missing_file_sends_no_data(client: RawClient, area: A
     header = client.read_response()
     assert header["size"] == 4 and client.recv_exact(4) == b"here"
     assert_usable(client)
+
+
+def test_ls_md5_lists_the_checksums_the_server_knows(client: RawClient, area: Area) -> None:
+    if "ls-md5" not in offered(client):
+        pytest.skip("the server does not offer ls-md5")
+    stored = payload(3000)
+    client.put(area.path("stored.bin"), stored)
+    (area.local / "placed.bin").write_bytes(b"copied in on the server")  # never read by it yet
+    (area.local / "sub").mkdir()
+
+    def listing(**more: object) -> dict[str, Message]:
+        client.send({"op": "ls", "path": area.remote, **more})
+        return {entry["name"]: entry for page in client.read_ls_pages() for entry in page["entries"]}
+
+    entries = listing(md5=True)
+    assert set(entries) == {"stored.bin", "placed.bin", "sub"}
+    assert "md5" not in entries["sub"]  # a directory has none
+    for name, data in (("stored.bin", stored), ("placed.bin", b"copied in on the server")):
+        # Optional (the server may not know it without reading the file); never wrong.
+        assert entries[name].get("md5", md5_hex(data)) == md5_hex(data), name
+    assert all("md5" not in entry for entry in listing().values())  # v1's listing, unchanged
+    assert all("md5" not in entry for entry in listing(md5=False).values())
+    assert client.stat(area.path("placed.bin"))["md5"] == md5_hex(b"copied in on the server")  # now read
+    (area.local / "placed.bin").write_bytes(b"changed behind the server's back!")
+    after = listing(md5=True)["placed.bin"]
+    assert after.get("md5", md5_hex(b"changed behind the server's back!")) == md5_hex(
+        b"changed behind the server's back!"
+    )  # never the old content's
+    expect_error("bad_request", lambda: client.request({"op": "ls", "path": area.remote, "md5": "yes"}))
+    assert_usable(client)
