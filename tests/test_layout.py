@@ -34,9 +34,9 @@ def test_dependency_rule(package):
         assert imported_packages(path) <= ALLOWED[package], path
 
 
-def test_only_progress_imports_tqdm():
+def test_only_the_bars_module_imports_tqdm():
     users = [p.name for pkg in OURS for p in (ROOT / pkg).rglob("*.py") if "tqdm" in imported_names(p)]
-    assert users == ["progress.py"]
+    assert users == ["bars.py"]
 
 
 def imported_names(path: Path) -> set[str]:
