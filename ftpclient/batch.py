@@ -342,6 +342,7 @@ def walk_remote(client: Client, root: str, md5: bool = False) -> Iterator[tuple[
 
 PIPELINE_RUN = 64  # small files a worker takes at once when its server offers `eager`
 LIST_AT_LEAST = 16  # a remote folder's small files in a batch from which one listing beats a stat each
+LISTING_FRESH = 2.0  # seconds a listing decides skips for; then the folder is listed again
 CLEAN_UP_WAIT = 0.5  # seconds an interrupted batch gives its workers, in all, before it goes
 
 
@@ -437,17 +438,17 @@ class Batch:
     _aborted: threading.Event = field(default_factory=threading.Event, repr=False)
     _error: BaseException | None = field(default=None, repr=False)
     _temps: TempFiles = field(default_factory=TempFiles, repr=False)  # pipelined downloads' hidden files
-    _missing: dict[str, bool] = field(default_factory=dict, repr=False)  # remote folder -> it was not there
-    _names: dict[str, set[str]] = field(
-        default_factory=dict, repr=False
-    )  # remote folder -> small files put there
-    _listings: dict[str, dict[str, Entry]] = field(default_factory=dict, repr=False)  # ls-md5, by folder
+    # Remote folders: their type (None: missing), the small files the batch puts in
+    # each, and their listings with MD5s (ls-md5) with when they were taken.
+    _folders: dict[str, str | None] = field(default_factory=dict, repr=False)
+    _names: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _listings: dict[str, tuple[float, dict[str, Entry]]] = field(default_factory=dict, repr=False)
 
     def run(self, jobs: list[Job], first_client: Client | None = None) -> Summary:
         """Run every job; `first_client`, if given, is used by the first worker."""
         summary = Summary()
         started = time.monotonic()
-        self._missing.clear()  # what another run saw is no hint for this one
+        self._folders.clear()  # what another run saw is no hint for this one
         self._listings.clear()
         self._names.clear()
         for job in jobs:
@@ -594,8 +595,9 @@ class Batch:
         gets many of the batch's files is listed once, with MD5s (`ls-md5`): only a file
         listed with its size but without its MD5 is still asked about."""
         send: list[tuple[int, Job]] = []
-        missing = self._missing_folders(client, [job.remote for _, job in puts])
-        listed = self._listed_folders(client, {posixpath.dirname(job.remote) for _, job in puts} - missing)
+        folders = self._folder_types(client, [job.remote for _, job in puts])
+        missing = {folder for folder, kind in folders.items() if kind is None}
+        listed = self._listed_folders(client, {folder for folder, kind in folders.items() if kind == "dir"})
         found: dict[int, Entry | ProtocolError | None] = {}
         asked: list[tuple[int, Job]] = []
         for index, job in puts:
@@ -636,33 +638,44 @@ class Batch:
         )
 
     def _listed_folders(self, client: Client, folders: set[str]) -> dict[str, dict[str, Entry]]:
-        """The listings (with MD5s, from a server that offers `ls-md5`) of the folders that
-        get at least `LIST_AT_LEAST` of the batch's small files, each taken once per batch;
-        only the entries of the batch's own names are kept."""
+        """The listings (with MD5s, from a server that offers `ls-md5`) of the directories
+        that get at least `LIST_AT_LEAST` of the batch's small files; only the entries of the
+        batch's own names are kept. A listing decides skips for `LISTING_FRESH` seconds, as a
+        `stat` decides them for one run: then the folder is listed again."""
         if "ls-md5" not in client.features:
             return {}
         wanted = {folder for folder in folders if len(self._names.get(folder, ())) >= LIST_AT_LEAST}
-        for folder in sorted(wanted - self._listings.keys()):
-            try:
-                entries = client.ls(folder, md5=True)
-            except ProtocolError as exc:
-                if exc.closes:
-                    raise
-                wanted.discard(folder)  # not a folder after all: each file is asked about
-                continue
-            names = self._names[folder]
-            self._listings[folder] = {entry.name: entry for entry in entries if entry.name in names}
-        return {folder: self._listings[folder] for folder in wanted}
+        now = time.monotonic()
+        listed = {}
+        for folder in sorted(wanted):
+            taken, entries = self._listings.get(folder, (-LISTING_FRESH, {}))
+            if now - taken >= LISTING_FRESH:
+                try:
+                    found = client.ls(folder, md5=True)
+                except ProtocolError as exc:
+                    if exc.closes:
+                        raise
+                    continue  # gone meanwhile: each file is asked about
+                names = self._names[folder]
+                entries = {entry.name: entry for entry in found if entry.name in names}
+                self._listings[folder] = (now, entries)
+            listed[folder] = entries
+        return listed
 
-    def _missing_folders(self, client: Client, remotes: list[str]) -> set[str]:
-        """The remote folders of `remotes` that were not there when first asked about in
-        this batch. Only a hint: the server still checks every put against what is there
-        (a file that appears meanwhile is replaced, or kept with `no_clobber`)."""
+    def _folder_types(self, client: Client, remotes: list[str]) -> dict[str, str | None]:
+        """The type (`dir`, `file`; None: not there) of each remote folder of `remotes`, as
+        first asked in this batch. Only a hint: the server still checks every put against
+        what is there (a file that appears meanwhile is replaced, or kept with `no_clobber`)."""
         folders = sorted({posixpath.dirname(remote) for remote in remotes})
-        unknown = [folder for folder in folders if folder not in self._missing]
+        unknown = [folder for folder in folders if folder not in self._folders]
         for folder, there in zip(unknown, stat_pipelined(client, unknown), strict=True):
-            self._missing[folder] = isinstance(there, ProtocolError) and there.code == "not_found"
-        return {folder for folder in folders if self._missing[folder]}
+            if isinstance(there, Entry):
+                self._folders[folder] = there.type
+            elif there.code == "not_found":
+                self._folders[folder] = None
+            else:  # not a directory above it, no access...: each file is asked about
+                self._folders[folder] = "unknown"
+        return {folder: self._folders[folder] for folder in folders}
 
     def _pipelined_gets(
         self, client: Client, gets: list[tuple[int, Job]], outcomes: dict[int, Outcome]

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 
 from ftpclient import Client
-from ftpclient.batch import Batch, Filters, plan_put
+from ftpclient import batch as batch_module
+from ftpclient.batch import LIST_AT_LEAST, Batch, Filters, plan_put
+from ftpclient.jobs import Job, Outcome
 from ftpproto.messages import EAGER_PUT_MAX
 
 from .conftest import CountingClient, run_cli, start_server_process, wait_until, write_config
@@ -522,3 +524,48 @@ def test_a_tree_upload_asks_about_folders_then_only_what_it_must(port, tmp_path,
     client, summary = upload()  # all there now, stored by the server: nothing is sent
     assert (client.sent["stat"], client.sent.get("ls", 0)) == ((3, 3) if listing else (3 + 60, 0))
     assert client.sent.get("put", 0) == 0 and summary.sent == 0 and summary.skipped == 60
+
+
+def test_a_folder_that_is_a_file_on_the_server_is_not_listed_as_if_it_held_files(port, tmp_path, storage):
+    """`ls` of a file lists that file: a batch must not read it as the folder's content."""
+    local = tmp_path / "l"
+    local.mkdir()
+    (local / "x").write_bytes(b"the same bytes as the file /up/x")
+    (storage / "up").mkdir(parents=True)
+    (storage / "up" / "x").write_bytes(b"the same bytes as the file /up/x")
+    for i in range(LIST_AT_LEAST):
+        (local / f"f{i:02}").write_bytes(b"other %d" % i)
+    jobs = [Job("put", path, f"/up/x/{path.name}", path.stat().st_size) for path in sorted(local.iterdir())]
+    outcomes: list[Outcome] = []
+    with CountingClient("127.0.0.1", port, timeout=10) as client:
+        client.stat("/up/x")  # the server has read it: a listing would carry its MD5
+        Batch(lambda: client, workers=1, on_outcome=outcomes.append).run(jobs, first_client=client)
+    assert client.sent.get("ls", 0) == 0
+    assert {outcome.result for outcome in outcomes} == {"failed"}  # /up/x/x cannot be there
+
+
+def test_a_listing_older_than_its_freshness_is_taken_again(port, tmp_path, storage, monkeypatch):
+    """A listing decides skips for LISTING_FRESH seconds, as a stat does for one run: a file
+    replaced by someone else after that is seen as replaced, and sent again."""
+    monkeypatch.setattr(batch_module, "LISTING_FRESH", 0.0)  # every run of 64 lists afresh
+    local = tmp_path / "l"
+    local.mkdir()
+    for i in range(70):
+        (local / f"f{i:02}").write_bytes(b"version-1 %02d" % i)
+    jobs = [Job("put", path, f"/d/{path.name}", path.stat().st_size) for path in sorted(local.iterdir())]
+    (tmp_path / "v2").write_bytes(b"VERSION-2 69")
+    outcomes: list[Outcome] = []
+    with CountingClient("127.0.0.1", port, timeout=10) as client, Client("127.0.0.1", port) as other:
+        for job in jobs:
+            other.put(job.local, job.remote, parents=True)
+
+        def seen(outcome: Outcome) -> None:
+            if not outcomes:  # the first run is being reported: the second has not listed yet
+                other.put(tmp_path / "v2", "/d/f69")
+            outcomes.append(outcome)
+
+        Batch(lambda: client, workers=1, on_outcome=seen).run(jobs, first_client=client)
+    assert client.sent["ls"] == 2
+    result = {outcome.job.remote: outcome.result for outcome in outcomes}
+    assert result["/d/f69"] == "ok" and (storage / "d" / "f69").read_bytes() == b"version-1 69"
+    assert [remote for remote, what in result.items() if what != "skipped"] == ["/d/f69"]

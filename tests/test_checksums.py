@@ -10,7 +10,7 @@ import pytest
 
 from ftpclient import Client
 from ftpproto import QuotaExceededError
-from ftpserver.storage.checksums import ChecksumCache
+from ftpserver.storage.checksums import LOOKUP_BATCH, ChecksumCache
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -177,4 +177,17 @@ def test_a_group_commit_records_every_files_checksum_in_one_transaction(tmp_path
     assert all(cache.lookup(name, st) is None for name, st, _ in rows)  # nothing half-recorded
     cache.record_many(rows)
     assert [cache.lookup(name, st) for name, st, _ in rows] == [md5 for _, _, md5 in rows]
+    cache.close()
+
+
+def test_lookup_many_answers_in_order_across_its_batches(tmp_path):
+    cache = ChecksumCache(tmp_path / "c.sqlite")
+    files = []
+    for i in range(LOOKUP_BATCH * 2 + 7):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(b"%d" % i)
+        files.append((f"f{i}", os.stat(path)))
+    cache.record_many([(key, st, md5(b"%d" % i)) for i, (key, st) in enumerate(files) if i % 3])
+    found = cache.lookup_many(files)
+    assert found == [md5(b"%d" % i) if i % 3 else None for i in range(len(files))]
     cache.close()

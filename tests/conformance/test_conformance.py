@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
 import queue
 import random
 import re
@@ -1281,10 +1282,11 @@ def test_ls_md5_lists_the_checksums_the_server_knows(client: RawClient, area: Ar
     assert all("md5" not in entry for entry in listing().values())  # v1's listing, unchanged
     assert all("md5" not in entry for entry in listing(md5=False).values())
     assert client.stat(area.path("placed.bin"))["md5"] == md5_hex(b"copied in on the server")  # now read
-    (area.local / "placed.bin").write_bytes(b"changed behind the server's back!")
+    changed = b"COPIED IN ON THE SERVER"  # the same size
+    before = (area.local / "placed.bin").stat()
+    (area.local / "placed.bin").write_bytes(changed)
+    os.utime(area.local / "placed.bin", ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
     after = listing(md5=True)["placed.bin"]
-    assert after.get("md5", md5_hex(b"changed behind the server's back!")) == md5_hex(
-        b"changed behind the server's back!"
-    )  # never the old content's
+    assert after.get("md5", md5_hex(changed)) == md5_hex(changed)  # never the old content's
     expect_error("bad_request", lambda: client.request({"op": "ls", "path": area.remote, "md5": "yes"}))
     assert_usable(client)
