@@ -45,7 +45,7 @@ from .client import PARTIAL_PREFIX, Client, Entry, Transfer, open_regular, set_a
 
 __all__ = ["GROUP", "WINDOW", "TempFiles", "get_pipelined", "put_pipelined", "stat_pipelined"]
 
-WINDOW = 32  # requests sent ahead of their answers
+WINDOW = 64  # requests sent ahead of their answers: a whole group of the server's (GROUP_MAX)
 GROUP = 64  # downloaded files made durable together
 SYNC_THREADS = 8
 
