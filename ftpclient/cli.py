@@ -26,7 +26,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TextIO
 
 from ftpproto import ExistsError, NotEmptyError, NotFoundError, ProtocolError
 from ftpproto.units import parse_size
@@ -421,10 +421,8 @@ class Output:
         with self._writing():
             if self.json:
                 print(json.dumps(record, ensure_ascii=False), file=self.stdout, flush=True)
-            elif not self.quiet and text and self.bars:
-                write_line(text, self.stdout)  # clears any progress bar first, so the two do not mix
             elif not self.quiet and text:
-                print(text, file=self.stdout, flush=True)
+                self._line(text, self.stdout)
 
     def listing(self, text: str, record: Record) -> None:
         """A line that is the answer itself (ls, stat): printed even with -q."""
@@ -447,10 +445,14 @@ class Output:
     def note(self, line: str) -> None:
         """A line on stderr: above the progress bars when there are any, never inside one."""
         with contextlib.suppress(OSError):  # a closed stderr: nowhere left to say it
-            if self.bars:
-                write_line(line, self.stderr)
-            else:
-                print(line, file=self.stderr, flush=True)
+            self._line(line, self.stderr)
+
+    def _line(self, text: str, stream: TextIO) -> None:
+        """Print a line; with bars on the terminal, cleared first and redrawn after it."""
+        if self.bars:
+            write_line(text, stream)
+        else:
+            print(text, file=stream, flush=True)
 
 
 class _PipeWriter:

@@ -73,10 +73,10 @@ def _filesystem_type(fd: int) -> int | None:
 
 def sync_filesystems(fds: Sequence[int], devices: Sequence[int] | None = None) -> set[int]:
     """Write back, with one `syncfs` per filesystem, every file behind `fds` (-1: skip);
-    returns the indexes of those now durable. `devices`, if the caller knows them, are
-    the files' `st_dev` (else each file is fstatted for it). A file left out must be fsynced on its own:
-    syncfs is not available or not trusted on its filesystem, or it reported a failure
-    and cannot say whose. syncfs reports the failures since its descriptor was opened:
+    returns the indexes of those now durable (`devices`: the files' `st_dev`, if the
+    caller knows them; else each file is fstatted). A file left out must be fsynced on
+    its own: syncfs is not available or not trusted on its filesystem, or it reported a
+    failure and cannot say whose. syncfs reports the failures since its descriptor was opened:
     list the oldest file first, and only files whose bytes were all written through
     the descriptor given.
 

@@ -172,8 +172,7 @@ def walk(
                 raise ForbiddenError("a symbolic link leads to the server's own files")
             seen = lstat_at(fd, name) if not pending and follow else None
             if not pending and not (seen is not None and stat_mod.S_ISLNK(seen.st_mode)):
-                place = Place(fd, where, name)
-                place._seen = (seen,) if follow else None
+                place = Place(fd, where, name, _seen=(seen,) if follow else None)
                 continue
             if pending:
                 try:
@@ -181,7 +180,8 @@ def walk(
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
-                    kind = _mode(fd, name)
+                    there = lstat_at(fd, name)
+                    kind = there.st_mode if there is not None else 0
                     if stat_mod.S_ISDIR(kind) and hops < MAX_SYMLINKS:
                         hops += 1  # a link that was swapped back meanwhile: open it again
                         pending.append(name)
@@ -249,14 +249,6 @@ def _open_below(dir_fd: int, parts: tuple[str, ...], create: bool = False) -> in
         os.close(fd)
         raise
     return fd
-
-
-def _mode(dir_fd: int, name: str) -> int:
-    """The file type and mode of `name` itself (0 if it is gone)."""
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
-    except FileNotFoundError:
-        return 0
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:

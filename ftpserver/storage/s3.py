@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from ftpproto import (
+    BadRequestError,
     ChecksumMismatchError,
     ExistsError,
     ForbiddenError,
@@ -71,6 +72,7 @@ from ftpproto import (
     join_path,
     split_path,
 )
+from ftpproto.messages import validate_md5
 from ftpproto.paths import RESERVED_PREFIX
 
 from ..config import Account, ConfigError, S3Settings
@@ -199,18 +201,15 @@ def _file_entry(name: str, head: dict, md5: bool = False) -> dict:
 def _known_md5(head: dict) -> str | None:
     """A file's MD5 as its HEAD tells it, without reading it: from its metadata, or from
     a single-part ETag (which is the MD5 when the store does not encrypt with its own keys)."""
-    md5 = str(head.get("Metadata", {}).get("md5", ""))
-    if _is_md5(md5):
-        return md5
-    etag = str(head.get("ETag", "")).strip('"')
-    if _is_md5(etag) and head.get("ServerSideEncryption") != "aws:kms":
-        return etag
+    candidates = [head.get("Metadata", {}).get("md5")]
+    if head.get("ServerSideEncryption") != "aws:kms":
+        candidates.append(str(head.get("ETag", "")).strip('"'))
+    for candidate in candidates:
+        try:
+            return validate_md5(candidate)  # metadata is anyone's to write: only an MD5 passes
+        except BadRequestError:
+            continue
     return None
-
-
-def _is_md5(text: str) -> bool:
-    """32 lower-case hex digits (metadata is anyone's to write: nothing else passes)."""
-    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
 
 
 def _parent(parts: Home) -> Home:
