@@ -37,6 +37,7 @@ from ftpproto import (
     TimedOutError,
 )
 from ftpproto.io import BUFFER_SIZE, FrameStream, PeerClosedError
+from ftpproto.io.turn import paused
 from ftpproto.messages import EAGER_PUT_MAX, op_spec, parse_args
 from ftpproto.paths import join_path, split_path
 from ftpproto.states import client_event
@@ -54,6 +55,7 @@ __all__ = ["LS_PAGE", "Session"]
 log = logging.getLogger("ftpserver.session")
 LS_PAGE = 1000
 GROUP_MAX = 64  # eager puts committed together at most
+TURN_SLICE = 0.05  # seconds a session keeps the turn through requests it has already read
 EAGER_GET_INLINE = 64 * 1024  # an eager get this small is read and sent with its header
 HANDSHAKE_TIMEOUT = 10.0
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -104,16 +106,24 @@ class Session(socketserver.BaseRequestHandler):
         self.stream = FrameStream(self.request)
         self.stream.set_timeout(self.limits.idle_timeout)
         self.server.session_started(self)
+        # A TLS session runs without a turn: its stream waits in every call anyway.
+        self.turn = None if isinstance(self.request, ssl.SSLSocket) else self.server.turn
+        if self.turn is not None:
+            self.turn.join()
 
     def finish(self) -> None:
-        for pending in self.group:  # the client went before their commit: kept for a resume
-            pending.upload.abort()
-        self.group = []
-        if self.logged_in and self.account is not None:
-            self.server.user_session_ended(self.account)
-        if self.config.anonymous is None and not self.tried_login:
-            self.server.defender.record(self.client_address[0], Score.NO_LOGIN)
-        self.server.session_ended(self)
+        try:
+            for pending in self.group:  # the client went before their commit: kept for a resume
+                pending.upload.abort()
+            self.group = []
+            if self.logged_in and self.account is not None:
+                self.server.user_session_ended(self.account)
+            if self.config.anonymous is None and not self.tried_login:
+                self.server.defender.record(self.client_address[0], Score.NO_LOGIN)
+            self.server.session_ended(self)
+        finally:
+            if self.turn is not None:
+                self.turn.leave()
 
     def handle(self) -> None:
         log.info("connect %s", self.peer, extra={"event": "connect", "peer": self.peer})
@@ -130,7 +140,8 @@ class Session(socketserver.BaseRequestHandler):
                     return
             self.reply(self.greeting(), Event.HELLO)
             while not self.server.stopping and self.serve_one():
-                pass
+                if self.turn is not None:
+                    self.turn.pass_on(after=TURN_SLICE)  # a long run of pipelined requests
             self.flush()  # a stop between two requests of a group: its puts are answered first
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
             log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
@@ -269,8 +280,9 @@ class Session(socketserver.BaseRequestHandler):
         account = self.config.users.get(user)
         banned = None
         # One check at a time per address, the ban looked at and the failure scored inside:
-        # once an address is banned, not one more of its guesses is evaluated.
-        with self.server.login_slot(host):
+        # once an address is banned, not one more of its guesses is evaluated. The hash
+        # is slow on purpose, and waits for no one: outside the turn (so is the slot).
+        with paused(), self.server.login_slot(host):
             ban = self.server.defender.banned(host)
             if ban is not None:
                 raise BusyError(f"your address is banned for {max(1, round(ban.until - time.time()))}s")
@@ -288,7 +300,8 @@ class Session(socketserver.BaseRequestHandler):
                 extra=self.fields("login_failed", user=user),
             )
             self.server.hooks.emit("login_failed", user=user, address=host)
-            time.sleep(self.limits.login_delay)  # the same for every failure, the banning one too
+            with paused():
+                time.sleep(self.limits.login_delay)  # the same for every failure, the banning one too
             closes = banned is not None or self.failed_logins >= self.limits.max_failed_logins
             raise AuthFailedError("wrong user name or password", closes=closes)
         assert account is not None
@@ -453,6 +466,7 @@ class Session(socketserver.BaseRequestHandler):
             for pending in group:
                 pending.upload.abort()
             failures = [InternalError("the server failed to store this file")] * len(group)
+        answers: list[dict] = []
         for pending, failure in zip(group, failures, strict=True):
             if failure is None:
                 self.log_transfer("put", pending.path, pending.count, pending.started, "ok")
@@ -461,7 +475,7 @@ class Session(socketserver.BaseRequestHandler):
                 answer = {"ok": True, "size": pending.size, "md5": pending.md5}
                 if pending.held is not None:  # eager: what was held already (all: identical, or linked)
                     answer["offset"] = pending.held
-                self.stream.send(answer)
+                answers.append(answer)
             else:
                 self.log_transfer(
                     "put", pending.path, pending.count, pending.started, f"failed ({failure.code})"
@@ -469,7 +483,10 @@ class Session(socketserver.BaseRequestHandler):
                 log.info("error %s %s: %s", self.peer, failure.code, clean(failure.message))
                 self.server.metrics.error(failure.code)
                 self.conversation.send_deferred(Event.ERROR)
-                self.stream.send(failure.to_response())
+                answers.append(failure.to_response())
+        self.stream.send_many(answers)  # in one write
+        if self.turn is not None:
+            self.turn.pass_on()  # between two groups, the others' turn
 
     def op_mkdir(self, path: str, parents: bool) -> None:
         self.storage.mkdir(self.acting, path, parents)

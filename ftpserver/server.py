@@ -22,6 +22,7 @@ from importlib import metadata
 
 from ftpproto import BusyError
 from ftpproto.io import RateLimiter, refuse
+from ftpproto.io.turn import Turn
 
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
@@ -58,6 +59,7 @@ class FileServer(socketserver.ThreadingTCPServer):
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.storage = open_storage(config)
+        self.turn = Turn() if self.storage.turns else None  # see ftpproto/io/turn.py
         try:
             self.metrics = open_metrics(config.metrics, lambda: self.session_count, self.storage.stats)
         except ImportError:

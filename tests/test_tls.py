@@ -50,6 +50,19 @@ def test_files_move_over_tls(tls_server, tls_files, tmp_path):
     assert (tmp_path / "back").read_bytes() == data
 
 
+def test_a_tls_session_takes_no_turn_and_a_plain_one_does(tls_server, tls_files, server):
+    sessions: list = []
+    for running in (tls_server, server):
+        original = running.server.session_started
+        running.server.session_started = lambda s, o=original: (sessions.append(s), o(s))  # type: ignore[method-assign]
+    with Client("127.0.0.1", tls_server.port, tls=True, cafile=tls_files[1]) as client:
+        client.ls("/")  # its stream waits in every call: a turn would only be handed to and fro
+    with Client("127.0.0.1", server.port) as client:
+        client.ls("/")
+    assert server.server.turn is not None
+    assert [session.turn for session in sessions] == [None, server.server.turn]
+
+
 def test_an_untrusted_certificate_is_refused(tls_server, tmp_path):
     other_ca = trustme.CA()
     other_ca.cert_pem.write_to_path(str(tmp_path / "other.pem"))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+from .turn import paused
+
 __all__ = ["RateLimiter"]
 
 
@@ -31,4 +33,5 @@ class RateLimiter:
             start = max(self._booked_until, now)
             self._booked_until = start + count / self.rate
         if start > now:
-            time.sleep(start - now)
+            with paused():
+                time.sleep(start - now)

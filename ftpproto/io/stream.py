@@ -6,11 +6,18 @@ on the receiving side and `socket.sendfile` (zero copy on plain TCP) on the
 sending side. Time-outs are set through it too. Both sides of the protocol use
 this module and nothing else to touch the wire; `refuse()` is for a socket the
 server turns away before any session starts on it.
+
+On a plain socket with a time-out (its descriptor is non-blocking then) reads and
+writes go straight to the descriptor, and only a call that would block waits, in
+`poll`: the socket's own methods poll before every call. Every wait happens
+outside the caller's turn (see turn.py), and so does a long data phase.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import select
 import socket
 import ssl
@@ -20,6 +27,7 @@ from typing import BinaryIO
 
 from ..errors import ProtocolError
 from ..framing import FrameDecoder, encode_frame
+from .turn import paused
 
 __all__ = ["BUFFER_SIZE", "SENDFILE_CHUNK", "FrameStream", "PeerClosedError", "ShortReadError", "refuse"]
 
@@ -27,6 +35,7 @@ BUFFER_SIZE = 256 * 1024  # data phases
 CONTROL_BUFFER_SIZE = 16 * 1024  # frames: small, so an idle or downloading session costs little
 PIPELINE_BUFFER_SIZE = 256 * 1024  # ... until a read fills it: a pipelining peer's frames and data
 SENDFILE_CHUNK = 8 * 1024 * 1024  # how often a long sendfile reports progress
+LONG_DATA = 1024 * 1024  # a data phase this long runs outside the turn: its hashing may use another core
 
 
 class PeerClosedError(ConnectionError):
@@ -51,6 +60,7 @@ class FrameStream:
         # interpreter lock), and a pipelining peer's requests are mostly read from the
         # buffer: only a call that may wait brings the socket up to date.
         self._applied = self._wanted = sock.gettimeout()
+        self._tls = isinstance(sock, ssl.SSLSocket)
         self._control = bytearray(CONTROL_BUFFER_SIZE)
         self._buffer_size = buffer_size
         self._data: memoryview | None = None  # made on the first data phase received, then reused
@@ -107,8 +117,54 @@ class FrameStream:
 
     def send(self, message: dict, data: bytes = b"") -> None:
         """Send one frame, and `data` right after it in the same write (an eager put's bytes)."""
+        self._send_all(encode_frame(message) + data if data else encode_frame(message))
+
+    def send_many(self, messages: list[dict]) -> None:
+        """Send frames in one write (the answers of a group)."""
+        self._send_all(b"".join(encode_frame(message) for message in messages))
+
+    def _direct(self) -> bool:
+        """Whether calls may go straight to the descriptor: a plain socket, non-blocking."""
+        return self._applied is not None and not self._tls
+
+    def _wait(self, writing: bool, deadline: float | None) -> None:
+        """Wait, outside the turn, until the socket can be written (or read); else `TimeoutError`."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT if writing else select.POLLIN)
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        with paused():
+            ready = poller.poll(None if remaining is None else remaining * 1000)
+        if not ready:
+            raise TimeoutError("timed out")
+
+    def _deadline(self) -> float | None:
+        return None if self._applied is None else time.monotonic() + self._applied
+
+    def _send_all(self, payload: bytes | memoryview) -> None:
         self._apply()
-        self.sock.sendall(encode_frame(message) + data if data else encode_frame(message))
+        if not self._direct():
+            with paused():
+                self.sock.sendall(payload)
+            return
+        view, deadline = memoryview(payload), None
+        while view:
+            try:
+                view = view[os.write(self.sock.fileno(), view) :]
+            except BlockingIOError:
+                deadline = deadline or self._deadline()  # like sendall: for the whole payload
+                self._wait(True, deadline)
+
+    def _recv_into(self, target: memoryview) -> int:
+        """Read what is there, up to `len(target)` bytes, waiting for some if need be."""
+        self._apply()
+        if not self._direct():
+            with paused():
+                return self.sock.recv_into(target)
+        while True:
+            try:
+                return os.readv(self.sock.fileno(), (target,))
+            except BlockingIOError:
+                self._wait(False, self._deadline())
 
     def recv(self, deadline: float | None = None) -> dict:
         """Return the next message; `PeerClosedError` on a clean end of stream.
@@ -132,8 +188,7 @@ class FrameStream:
                 if remaining <= 0:
                     raise TimeoutError("frame not complete by its deadline")
                 self._wanted = remaining
-            self._apply()
-            received = self.sock.recv_into(self._control)
+            received = self._recv_into(memoryview(self._control))
             if not received:
                 if self._decoder.buffered:
                     raise ShortReadError("connection closed inside a frame")
@@ -168,15 +223,14 @@ class FrameStream:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
-        if remaining:
-            self._apply()
-        while remaining:
-            target = (space and space()) or self._data
-            received = self.sock.recv_into(target, min(remaining, chunk_size, len(target)))
-            if not received:
-                raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
-            consume(target[:received])
-            remaining -= received
+        with paused() if remaining >= LONG_DATA else contextlib.nullcontext():
+            while remaining:
+                target = (space and space()) or self._data
+                received = self._recv_into(target[: min(remaining, chunk_size, len(target))])
+                if not received:
+                    raise ShortReadError(f"connection closed with {remaining} of {count} bytes unread")
+                consume(target[:received])
+                remaining -= received
 
     def send_file(
         self,
@@ -189,8 +243,45 @@ class FrameStream:
         """Send `count` bytes of `file` from `offset`; zero copy where the OS allows.
 
         `progress(n)` is called after each chunk of at most `chunk_size` bytes."""
-        end = offset + count
         self._apply()
+        fd = _descriptor(file)
+        short = count < LONG_DATA and count <= chunk_size and self._direct()
+        if short and fd is not None and self._send_file_directly(fd, offset, count):
+            if progress is not None and count:
+                progress(count)
+            return
+        with paused():
+            self._send_file_in_chunks(file, offset, count, progress, chunk_size)
+
+    def _send_file_directly(self, fd: int, offset: int, count: int) -> bool:
+        """A short `send_file` in `os.sendfile` calls; False if the file cannot be
+        sent that way (then nothing was sent)."""
+        start, end, deadline = offset, offset + count, None
+        while offset < end:
+            try:
+                sent = os.sendfile(self.sock.fileno(), fd, offset, end - offset)
+            except BlockingIOError:
+                deadline = deadline or self._deadline()
+                self._wait(True, deadline)
+                continue
+            except OSError as exc:  # a file system without sendfile: socket.sendfile copies
+                if offset == start and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    return False
+                raise
+            if not sent:
+                raise ShortReadError(f"file ended {end - offset} bytes early")
+            offset += sent
+        return True
+
+    def _send_file_in_chunks(
+        self,
+        file: BinaryIO,
+        offset: int,
+        count: int,
+        progress: Callable[[int], object] | None,
+        chunk_size: int,
+    ) -> None:
+        end = offset + count
         while offset < end:
             chunk = min(chunk_size, end - offset)
             # socket.sendfile's fallback for TLS sockets skips the seek when offset
@@ -205,6 +296,14 @@ class FrameStream:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def _descriptor(file: BinaryIO) -> int | None:
+    """The descriptor of a file that `os.sendfile` can read (a real file), else None."""
+    try:
+        return file.fileno()
+    except (AttributeError, OSError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 def refuse(sock: socket.socket, error: ProtocolError, wait: float = 0.0) -> None:

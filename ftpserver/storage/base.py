@@ -89,6 +89,11 @@ class Upload(Protocol):
 class Storage(Protocol):
     """The operations of a session, on one account's home."""
 
+    # Whether sessions may call it while holding their turn (ftpproto/io/turn.py): its
+    # calls wait only for disks, and pause the turn around a sync. Never for a backend
+    # whose calls wait for a network: the other sessions would wait as long.
+    turns: bool
+
     def ensure_home(self, account: Account) -> None:
         """Create the account's home if it is missing, and start counting its usage."""
 

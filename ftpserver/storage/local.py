@@ -52,6 +52,7 @@ from ftpproto import (
     split_path,
 )
 from ftpproto.io.hashing import BackgroundMD5, md5_of, new_md5
+from ftpproto.io.turn import paused
 from ftpproto.io.writeback import Writeback, sync_filesystems
 from ftpproto.paths import RESERVED_PREFIX
 
@@ -419,6 +420,8 @@ class LocalUpload:
 class LocalStorage:
     """File operations for accounts whose homes lie below `root` (see `Storage` in base.py)."""
 
+    turns = True
+
     def __init__(
         self, root: Path, max_file_size: int | None = None, count_usage_of: Iterable[Path] = ()
     ) -> None:
@@ -492,9 +495,10 @@ class LocalStorage:
                 upload.place.identity()[0] if fd >= 0 else -1
                 for fd, upload in zip(fresh, uploads, strict=True)
             ]
-            flushed = sync_filesystems(fresh, devices) if len(uploads) > 1 else set()
-            left = [index for index, fd in enumerate(fds) if fd >= 0 and index not in flushed]
-            list(self._sync_pool().map(sync, left))
+            with paused():  # the disk works: other sessions may run meanwhile
+                flushed = sync_filesystems(fresh, devices) if len(uploads) > 1 else set()
+                left = [index for index, fd in enumerate(fds) if fd >= 0 and index not in flushed]
+                list(self._sync_pool().map(sync, left))
             for index in flushed:
                 sync(index)  # fstat and close: nothing left to write
             directories: dict[tuple[int, int], tuple[int, builtins.list[int]]] = {}
@@ -1000,6 +1004,14 @@ class LocalStorage:
         """Mark the name in the directory (`key`: device, inode, name) as in use; False if
         another upload kept it for `wait` s."""
         with self._lock:
+            if key[:2] in self._removing:
+                raise NotFoundError("the directory is being removed")
+            if key not in self._claims:
+                self._claims.add(key)
+                return True
+        if not wait:
+            return False
+        with paused(), self._lock:  # the holder may need the turn to let go
             if key[:2] in self._removing:
                 raise NotFoundError("the directory is being removed")
             if not self._released.wait_for(lambda: key not in self._claims, wait):

@@ -824,6 +824,8 @@ class S3Storage:
     their homes below it, as with the local backend, and its `.sockftp` folder keeps
     what is this node's own (the defender's bans)."""
 
+    turns = False  # its calls wait for the object store
+
     def __init__(
         self,
         client: Any,

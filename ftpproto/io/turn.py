@@ -1,0 +1,122 @@
+"""Turns: among the threads that share a `Turn`, one runs at a time.
+
+CPython runs one thread's Python code at a time anyway, but it hands its lock
+(the GIL) over at every system call whenever another thread waits for it. A
+server session makes about twenty short system calls per small file, so with
+four busy sessions nearly every one of them became a switch between threads:
+four connections moved fewer files per second than one, for twice the CPU.
+
+A session that holds the turn keeps the GIL through its short system calls,
+since the other sessions wait for the turn and not for the GIL. It gives the
+turn up only where it would wait anyway (for the network, a sync, a sleep: see
+`paused()`), or when it passes it on (`pass_on()`), and the turn goes to the
+thread that has waited longest.
+
+The turn is a courtesy, never a lock anyone depends on: a thread that waits
+`patience` seconds without getting it goes on without it and asks again at its
+next wait. A holder stuck somewhere unforeseen slows the others; it cannot stop
+them. `timeouts` counts those give-ups.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+__all__ = ["PATIENCE", "Turn", "paused"]
+
+PATIENCE = 0.5  # seconds a thread waits for the turn before it goes on without it
+
+_local = threading.local()  # .turn: the Turn this thread joined; .away: inside paused()
+
+
+class Turn:
+    """One thread at a time among those that `join()` it, handed over in order."""
+
+    def __init__(self, patience: float = PATIENCE) -> None:
+        self.patience = patience
+        self.timeouts = 0  # waits that ended without the turn
+        self._mutex = threading.Lock()
+        self._queue: collections.deque[tuple[int, threading.Lock]] = collections.deque()
+        self._owner: int | None = None
+        self._since = 0.0  # when the owner got it
+
+    @property
+    def waiting(self) -> int:
+        """How many threads wait for the turn."""
+        return len(self._queue)
+
+    def holding(self) -> bool:
+        """Whether the calling thread has the turn."""
+        return self._owner == threading.get_ident()
+
+    def join(self) -> None:
+        """Make the turn the calling thread's own (what `paused()` gives up), and take it."""
+        _local.turn, _local.away = self, False
+        self.take()
+
+    def leave(self) -> None:
+        """Give the turn up for good (the thread's work is over)."""
+        self.give()
+        _local.turn = None
+
+    def take(self) -> bool:
+        """Wait for the turn, at most `patience` seconds; whether the thread got it."""
+        me = threading.get_ident()
+        with self._mutex:
+            if self._owner is None or self._owner == me:
+                self._owner, self._since = me, time.monotonic()
+                return True
+            entry = (me, threading.Lock())
+            entry[1].acquire()
+            self._queue.append(entry)
+        if entry[1].acquire(timeout=self.patience):
+            return True
+        with self._mutex:
+            if self._owner == me:  # handed over just as the wait ended
+                return True
+            self._queue.remove(entry)
+            self.timeouts += 1
+        return False
+
+    def give(self) -> None:
+        """Hand the turn to the thread that has waited longest (if the caller has it)."""
+        with self._mutex:
+            if self._owner != threading.get_ident():
+                return
+            if self._queue:
+                self._owner, waiter = self._queue.popleft()
+                self._since = time.monotonic()
+                waiter.release()
+            else:
+                self._owner = None
+
+    def pass_on(self, after: float = 0.0) -> None:
+        """Let the others run, if any wait and the caller has had the turn `after` seconds."""
+        if self._queue and self.holding() and time.monotonic() - self._since >= after:
+            self.give()
+            self.take()
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Give up the calling thread's turn while the block waits (for the network, a
+    disk sync, a sleep), and ask for it again after. Outside a turn (the client, a
+    thread that never joined one) and inside another pause, it does nothing.
+
+    Never pause while holding another lock: the thread would then wait for the
+    turn while others wait for that lock."""
+    turn: Turn | None = getattr(_local, "turn", None)
+    if turn is None or _local.away:
+        yield
+        return
+    _local.away = True
+    turn.give()
+    try:
+        yield
+    finally:
+        _local.away = False
+        turn.take()

@@ -1,0 +1,227 @@
+"""Turns (ftpproto/io/turn.py): one session runs at a time, handed over in order, and
+given up wherever a session waits, so that no wait of one holds the others up; and the
+stream's direct calls, which wait only when they must, within the time-out."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ftpclient import Client
+from ftpclient.pipeline import put_pipelined
+from ftpproto import encode_frame
+from ftpproto.io import FrameStream
+from ftpproto.io.turn import Turn, paused
+
+from .conftest import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def in_thread(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def joiner(turn: Turn, name: str, order: list[str]):
+    def run() -> None:
+        turn.join()
+        order.append(name if turn.holding() else f"{name} without")
+        turn.leave()
+
+    return run
+
+
+def test_one_thread_at_a_time_and_the_longest_waiting_goes_next():
+    turn, order = Turn(patience=30), []
+    turn.join()
+    first = in_thread(joiner(turn, "first", order))
+    wait_until(lambda: turn.waiting == 1)
+    second = in_thread(joiner(turn, "second", order))
+    wait_until(lambda: turn.waiting == 2)
+    time.sleep(0.05)
+    assert order == []  # both wait while this thread holds it
+    turn.leave()
+    first.join(5)
+    second.join(5)
+    assert order == ["first", "second"]
+    assert turn.take()  # and nobody kept it
+    assert turn.timeouts == 0
+
+
+def test_a_thread_that_waits_too_long_goes_on_without_it_and_asks_again_at_its_next_wait():
+    turn, order = Turn(patience=0.05), []
+    turn.join()
+    resume, back = threading.Event(), []
+
+    def late() -> None:
+        turn.join()
+        order.append("ran" if turn.holding() else "ran without")
+        with paused():
+            resume.wait(10)
+        back.append(turn.holding())
+        turn.leave()
+
+    thread = in_thread(late)
+    wait_until(lambda: order)
+    assert order == ["ran without"] and turn.timeouts == 1
+    turn.leave()  # free now: the late thread gets it after its wait
+    resume.set()
+    thread.join(5)
+    assert back == [True]
+
+
+def test_paused_lets_the_others_run_and_takes_the_turn_back():
+    turn, order = Turn(patience=30), []
+    turn.join()
+    with paused():
+        assert not turn.holding()
+        in_thread(joiner(turn, "other", order)).join(5)
+        with paused():
+            pass
+        assert not turn.holding()  # an inner pause does not take it back early
+    assert order == ["other"]
+    assert turn.holding()
+    turn.leave()
+    with paused():  # outside any turn: nothing to do
+        assert not turn.holding()
+
+
+def test_pass_on_hands_over_only_to_a_waiter_and_only_after_the_slice():
+    turn, order = Turn(patience=30), []
+    turn.join()
+    turn.pass_on()
+    assert turn.holding()  # nobody waits: it keeps it
+    waiter = in_thread(joiner(turn, "waiter", order))
+    wait_until(lambda: turn.waiting == 1)
+    turn.pass_on(after=60)
+    assert turn.holding() and order == []  # its slice is not over
+    turn.pass_on()
+    assert order == ["waiter"] and turn.holding()  # back after the waiter's go
+    waiter.join(5)
+    turn.leave()
+
+
+# -- in the server ---------------------------------------------------------------
+
+
+def files(folder: Path, count: int, prefix: str) -> list[tuple[Path, str]]:
+    items = []
+    for index in range(count):
+        path = folder / f"{prefix}{index:03}"
+        path.write_bytes(os.urandom(8192))
+        items.append((path, f"up/{prefix}{index:03}"))
+    return items
+
+
+def upload(port: int, items: list[tuple[Path, str]], failures: list) -> None:
+    with Client("127.0.0.1", port, timeout=20) as client:
+        put_pipelined(
+            client, items, lambda i, r: failures.append(r) if isinstance(r, BaseException) else None
+        )
+
+
+def test_sessions_that_wait_for_the_network_or_a_login_delay_never_hold_the_others_up(
+    make_config, serve, tmp_path
+):
+    running = serve(make_config(limits={"login_delay": 2}))
+    turn = running.server.turn
+    assert turn is not None
+    (running.root / "up").mkdir()
+    items = files(tmp_path, 150, "f")
+    # One session sleeps out a failed login's delay; another stops inside a frame.
+    guesser = FrameStream(running.connect())
+    guesser.recv()
+    guesser.send({"op": "login", "user": "alice", "password": "wrong"})
+    stalled = running.connect()
+    stalled.recv(4096)
+    stalled.sendall(encode_frame({"op": "ls", "path": "/"})[:5])
+    time.sleep(0.1)
+    failures: list = []
+    started = time.monotonic()
+    upload(running.port, items, failures)
+    assert time.monotonic() - started < 2  # all done inside the guesser's delay
+    assert failures == []
+    for local, remote in items:
+        assert (running.root / remote).read_bytes() == local.read_bytes()
+    assert turn.timeouts == 0  # nobody waited its patience out for the turn
+    assert guesser.recv()["error"] == "auth_failed"
+    stalled.close()
+    guesser.close()
+
+
+def test_four_pipelining_sessions_take_turns_and_every_file_arrives(server, tmp_path):
+    turn = server.server.turn
+    assert turn is not None
+    (server.root / "up").mkdir()
+    batches = [files(tmp_path, 100, f"s{k}_") for k in range(4)]
+    failures: list = []
+    threads = [threading.Thread(target=upload, args=(server.port, batch, failures)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    assert failures == []
+    for local, remote in (item for batch in batches for item in batch):
+        stored = (server.root / remote).read_bytes()
+        assert hashlib.md5(stored).digest() == hashlib.md5(local.read_bytes()).digest()
+    assert turn.timeouts == 0
+    wait_until(lambda: server.server.session_count == 0)
+    assert turn.take()  # no session kept it when it ended
+    turn.give()
+
+
+# -- the stream's direct calls ---------------------------------------------------
+
+
+def pair(timeout: float) -> tuple[FrameStream, socket.socket]:
+    ours, theirs = socket.socketpair()
+    ours.settimeout(timeout)
+    theirs.settimeout(10)
+    return FrameStream(ours), theirs
+
+
+def test_a_direct_write_to_a_peer_that_never_reads_times_out():
+    stream, peer = pair(0.2)
+    with peer, pytest.raises(TimeoutError):
+        stream.send_many([{"op": "ls", "path": "x" * 1000}] * 20_000)  # far more than the buffers hold
+    stream.close()
+
+
+def test_a_direct_read_from_a_silent_peer_times_out_and_a_frame_in_pieces_is_whole():
+    stream, peer = pair(0.2)
+    with peer:
+        with pytest.raises(TimeoutError):
+            stream.recv()
+        frame = encode_frame({"op": "stat", "path": "a"})
+        for byte in frame:
+            peer.sendall(bytes([byte]))
+        assert stream.recv() == {"op": "stat", "path": "a"}
+    stream.close()
+
+
+@pytest.mark.parametrize("kind", ["real file", "no descriptor"])
+def test_send_file_sends_exactly_the_range_asked(tmp_path, kind):
+    data = os.urandom(300_000)
+    path = tmp_path / "data"
+    path.write_bytes(data)
+    stream, peer = pair(5)
+    reported: list[int] = []
+    with peer, path.open("rb") as real:
+        file = real if kind == "real file" else io.BytesIO(data)
+        sender = in_thread(lambda: stream.send_file(file, 1000, 200_000, reported.append))  # type: ignore[arg-type]
+        received = b""
+        while len(received) < 200_000:
+            received += peer.recv(65536)
+        sender.join(5)
+    assert received == data[1000:201_000]
+    assert sum(reported) == 200_000
+    stream.close()
