@@ -225,3 +225,47 @@ def test_send_file_sends_exactly_the_range_asked(tmp_path, kind):
     assert received == data[1000:201_000]
     assert sum(reported) == 200_000
     stream.close()
+
+
+def test_a_slow_group_sync_or_a_wait_for_a_claim_lets_the_others_run(server, tmp_path, monkeypatch):
+    from ftpserver.storage import local
+
+    turn = server.server.turn
+    assert turn is not None
+    (server.root / "up").mkdir()
+    server.server.storage.claim_wait = 1.0
+    in_sync, real_sync = threading.Event(), local.sync_filesystems
+
+    def slow_disk(*args, **kwargs):  # a disk that takes its time, as a loaded one does
+        in_sync.set()
+        time.sleep(1.0)
+        return real_sync(*args, **kwargs)
+
+    monkeypatch.setattr(local, "sync_filesystems", slow_disk)
+    failures: list = []
+    syncing = in_thread(lambda: upload(server.port, files(tmp_path, 20, "g"), failures))
+    assert in_sync.wait(10)
+    with Client("127.0.0.1", server.port, timeout=10) as other:
+        assert [entry.name for entry in other.ls("/")] == ["up"]
+    syncing.join(20)
+    assert failures == [] and turn.timeouts == 0
+
+    # A put that waits for another session's claim on the same partial file.
+    data = os.urandom(1000)
+    digest = hashlib.md5(data).hexdigest()
+    holder = FrameStream(server.connect())
+    holder.recv()
+    holder.send({"op": "put", "path": "up/same", "size": len(data), "md5": digest})
+    assert holder.recv()["ok"]  # ready: the partial file is claimed, no data sent
+    waiter = FrameStream(server.connect())
+    waiter.recv()
+    waiter.send({"op": "put", "path": "up/same", "size": len(data), "md5": digest})
+    time.sleep(0.1)
+    with Client("127.0.0.1", server.port, timeout=10) as other:
+        other.stat("up/g000")
+    assert waiter.recv()["ok"]  # after its wait: a private temp file
+    waiter.sock.sendall(data)
+    assert waiter.recv()["ok"]
+    assert turn.timeouts == 0
+    holder.close()
+    waiter.close()
