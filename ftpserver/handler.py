@@ -37,7 +37,7 @@ from ftpproto import (
     TimedOutError,
 )
 from ftpproto.io import BUFFER_SIZE, FrameStream, PeerClosedError
-from ftpproto.io.turn import paused
+from ftpproto.io.turn import Turn, paused
 from ftpproto.messages import EAGER_PUT_MAX, op_spec, parse_args
 from ftpproto.paths import join_path, split_path
 from ftpproto.states import client_event
@@ -106,7 +106,7 @@ class Session(socketserver.BaseRequestHandler):
         self.stream = FrameStream(self.request)
         self.stream.set_timeout(self.limits.idle_timeout)
         self.server.session_started(self)
-        # A TLS session runs without a turn: its stream waits in every call anyway.
+        # A TLS session runs without a turn: its stream may wait in any call.
         self.turn = None if isinstance(self.request, ssl.SSLSocket) else self.server.turn
         if self.turn is not None:
             self.turn.join()
@@ -141,7 +141,7 @@ class Session(socketserver.BaseRequestHandler):
             self.reply(self.greeting(), Event.HELLO)
             while not self.server.stopping and self.serve_one():
                 if self.turn is not None:
-                    self.turn.pass_on(after=TURN_SLICE)  # a long run of pipelined requests
+                    self.take_turns(self.turn)
             self.flush()  # a stop between two requests of a group: its puts are answered first
         except (PeerClosedError, ConnectionError, TimeoutError, OSError) as exc:
             log.info("connection %s ended: %s", self.peer, exc.__class__.__name__)
@@ -149,6 +149,17 @@ class Session(socketserver.BaseRequestHandler):
         log.info(
             "disconnect %s after %.1fs", self.peer, seconds, extra=self.fields("disconnect", seconds=seconds)
         )
+
+    def take_turns(self, turn: Turn) -> None:
+        """Hold the turn through a run of requests read already. A read that waits for
+        the peer lets it go (see FrameStream), and a session that gets one request at
+        a time runs without it."""
+        if not self.stream.buffered:
+            return
+        if not turn.holding():
+            turn.take()
+        else:
+            turn.pass_on(after=TURN_SLICE)  # a long run: the others' turn now and then
 
     def handshake(self) -> bool:
         """Complete the TLS handshake; a peer that fails it (plain TCP, wrong

@@ -34,6 +34,7 @@ def in_thread(target) -> threading.Thread:
 def joiner(turn: Turn, name: str, order: list[str]):
     def run() -> None:
         turn.join()
+        turn.take()
         order.append(name if turn.holding() else f"{name} without")
         turn.leave()
 
@@ -43,6 +44,7 @@ def joiner(turn: Turn, name: str, order: list[str]):
 def test_one_thread_at_a_time_and_the_longest_waiting_goes_next():
     turn, order = Turn(patience=30), []
     turn.join()
+    turn.take()
     first = in_thread(joiner(turn, "first", order))
     wait_until(lambda: turn.waiting == 1)
     second = in_thread(joiner(turn, "second", order))
@@ -57,31 +59,34 @@ def test_one_thread_at_a_time_and_the_longest_waiting_goes_next():
     assert turn.timeouts == 0
 
 
-def test_a_thread_that_waits_too_long_goes_on_without_it_and_asks_again_at_its_next_wait():
+def test_a_thread_that_waits_too_long_goes_on_without_it_and_gets_it_once_free():
     turn, order = Turn(patience=0.05), []
     turn.join()
+    turn.take()
     resume, back = threading.Event(), []
 
     def late() -> None:
         turn.join()
-        order.append("ran" if turn.holding() else "ran without")
-        with paused():
+        order.append("ran" if turn.take() else "ran without")
+        with paused():  # without the turn: nothing to give, nothing to take after
             resume.wait(10)
         back.append(turn.holding())
+        back.append(turn.take())
         turn.leave()
 
     thread = in_thread(late)
     wait_until(lambda: order)
     assert order == ["ran without"] and turn.timeouts == 1
-    turn.leave()  # free now: the late thread gets it after its wait
+    turn.leave()
     resume.set()
     thread.join(5)
-    assert back == [True]
+    assert back == [False, True]
 
 
-def test_paused_lets_the_others_run_and_takes_the_turn_back():
+def test_paused_lets_the_others_run_and_takes_the_turn_back_unless_told_not_to():
     turn, order = Turn(patience=30), []
     turn.join()
+    turn.take()
     with paused():
         assert not turn.holding()
         in_thread(joiner(turn, "other", order)).join(5)
@@ -90,6 +95,9 @@ def test_paused_lets_the_others_run_and_takes_the_turn_back():
         assert not turn.holding()  # an inner pause does not take it back early
     assert order == ["other"]
     assert turn.holding()
+    with paused(resume=False):  # after a wait for the peer: on without it
+        pass
+    assert not turn.holding()
     turn.leave()
     with paused():  # outside any turn: nothing to do
         assert not turn.holding()
@@ -98,6 +106,7 @@ def test_paused_lets_the_others_run_and_takes_the_turn_back():
 def test_pass_on_hands_over_only_to_a_waiter_and_only_after_the_slice():
     turn, order = Turn(patience=30), []
     turn.join()
+    turn.take()
     turn.pass_on()
     assert turn.holding()  # nobody waits: it keeps it
     waiter = in_thread(joiner(turn, "waiter", order))
@@ -156,6 +165,28 @@ def test_sessions_that_wait_for_the_network_or_a_login_delay_never_hold_the_othe
     assert guesser.recv()["error"] == "auth_failed"
     stalled.close()
     guesser.close()
+
+
+def test_a_lock_step_session_never_waits_for_the_turn_and_a_pipelining_one_does(server, tmp_path):
+    turn = server.server.turn
+    assert turn is not None
+    turn.patience = 0.05
+    (server.root / "up").mkdir()
+    items = files(tmp_path, 30, "f")
+    assert turn.take()  # held by the test: whoever asks for it waits, then goes on
+    try:
+        with Client("127.0.0.1", server.port, timeout=10) as client:
+            for local, remote in items[:10]:
+                client.put(local, remote)
+                client.get(remote, tmp_path / "back")
+                assert (tmp_path / "back").read_bytes() == local.read_bytes()
+        assert turn.timeouts == 0  # one request at a time: it never asked
+        failures: list = []
+        upload(server.port, items, failures)
+        assert failures == []
+        assert turn.timeouts >= 1  # a run of requests read at once: it asked
+    finally:
+        turn.give()
 
 
 def test_four_pipelining_sessions_take_turns_and_every_file_arrives(server, tmp_path):

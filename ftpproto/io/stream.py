@@ -97,6 +97,11 @@ class FrameStream:
         self.sock.do_handshake()  # type: ignore[attr-defined]  # an ssl.SSLSocket: the caller checked
 
     @property
+    def buffered(self) -> bool:
+        """Whether bytes of the next frame were read already (no system call to tell)."""
+        return bool(self._decoder.buffered)
+
+    @property
     def closed(self) -> bool:
         return self.sock.fileno() == -1
 
@@ -132,7 +137,7 @@ class FrameStream:
         poller = select.poll()
         poller.register(self.sock, select.POLLOUT if writing else select.POLLIN)
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        with paused():
+        with paused(resume=False):
             ready = poller.poll(None if remaining is None else remaining * 1000)
         if not ready:
             raise TimeoutError("timed out")
@@ -143,7 +148,7 @@ class FrameStream:
     def _send_all(self, payload: bytes | memoryview) -> None:
         self._apply()
         if not self._direct():
-            with paused():
+            with paused(resume=False):
                 self.sock.sendall(payload)
             return
         view, deadline = memoryview(payload), None
@@ -158,7 +163,7 @@ class FrameStream:
         """Read what is there, up to `len(target)` bytes, waiting for some if need be."""
         self._apply()
         if not self._direct():
-            with paused():
+            with paused(resume=False):
                 return self.sock.recv_into(target)
         while True:
             try:
@@ -223,7 +228,7 @@ class FrameStream:
             early = self._decoder.take_buffered(remaining)
             consume(memoryview(early))
             remaining -= len(early)
-        with paused() if remaining >= LONG_DATA else contextlib.nullcontext():
+        with paused(resume=False) if remaining >= LONG_DATA else contextlib.nullcontext():
             while remaining:
                 target = (space and space()) or self._data
                 received = self._recv_into(target[: min(remaining, chunk_size, len(target))])
@@ -250,7 +255,7 @@ class FrameStream:
             if progress is not None and count:
                 progress(count)
             return
-        with paused():
+        with paused(resume=False):
             self._send_file_in_chunks(file, offset, count, progress, chunk_size)
 
     def _send_file_directly(self, fd: int, offset: int, count: int) -> bool:

@@ -8,13 +8,15 @@ four connections moved fewer files per second than one, for twice the CPU.
 
 A session that holds the turn keeps the GIL through its short system calls,
 since the other sessions wait for the turn and not for the GIL. It gives the
-turn up only where it would wait anyway (for the network, a sync, a sleep: see
+turn up where it would wait anyway (for a sync, a sleep, the network: see
 `paused()`), or when it passes it on (`pass_on()`), and the turn goes to the
-thread that has waited longest.
+thread that has waited longest. A session takes it only for a run of requests
+it has read already (a pipelining peer's): one request at a time, waiting for
+the turn would only delay each answer.
 
 The turn is a courtesy, never a lock anyone depends on: a thread that waits
-`patience` seconds without getting it goes on without it and asks again at its
-next wait. A holder stuck somewhere unforeseen slows the others; it cannot stop
+`patience` seconds without getting it goes on without it, and asks again at its
+next run. A holder stuck somewhere unforeseen slows the others; it cannot stop
 them. `timeouts` counts those give-ups.
 """
 
@@ -54,9 +56,8 @@ class Turn:
         return self._owner == threading.get_ident()
 
     def join(self) -> None:
-        """Make the turn the calling thread's own (what `paused()` gives up), and take it."""
+        """Make the turn the calling thread's own: the one `paused()` gives up."""
         _local.turn, _local.away = self, False
-        self.take()
 
     def leave(self) -> None:
         """Give the turn up for good (the thread's work is over)."""
@@ -102,15 +103,17 @@ class Turn:
 
 
 @contextlib.contextmanager
-def paused() -> Iterator[None]:
-    """Give up the calling thread's turn while the block waits (for the network, a
-    disk sync, a sleep), and ask for it again after. Outside a turn (the client, a
-    thread that never joined one) and inside another pause, it does nothing.
+def paused(resume: bool = True) -> Iterator[None]:
+    """Give up the calling thread's turn while the block waits (for a disk sync, a
+    sleep, the network), and take it back after, unless `resume` is False: after a
+    wait for the peer, what comes next may be a single request, not worth a wait
+    for the turn. Without the turn (the client, a thread that never joined one or
+    does not hold it) and inside another pause, it does nothing.
 
     Never pause while holding another lock: the thread would then wait for the
     turn while others wait for that lock."""
     turn: Turn | None = getattr(_local, "turn", None)
-    if turn is None or _local.away:
+    if turn is None or _local.away or not turn.holding():
         yield
         return
     _local.away = True
@@ -119,4 +122,5 @@ def paused() -> Iterator[None]:
         yield
     finally:
         _local.away = False
-        turn.take()
+        if resume:
+            turn.take()
