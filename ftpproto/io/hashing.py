@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import queue
 import threading
 from typing import BinaryIO, cast
+
+from .turn import LONG_DATA, paused
 
 __all__ = ["HASH_CHUNK", "BackgroundMD5", "md5_of", "new_md5"]
 
@@ -18,7 +21,8 @@ BACKGROUND_THRESHOLD = 4 * HASH_CHUNK  # below this a thread costs more than it 
 def md5_of(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     """Hash the open binary `file` from its start, up to `limit` bytes; return the hash object.
 
-    Reads into one reused buffer, so memory stays flat whatever the size.
+    Reads into one reused buffer, so memory stays flat whatever the size. A long
+    one runs outside the caller's turn (turn.py): call it holding no lock.
     """
     digest = hashlib.md5()
     size = os.fstat(file.fileno()).st_size if limit is None else limit
@@ -28,14 +32,15 @@ def md5_of(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     view = memoryview(buffer)
     remaining = limit
     file.seek(0)
-    while remaining is None or remaining > 0:
-        want = len(buffer) if remaining is None else min(len(buffer), remaining)
-        count = cast(io.BufferedIOBase, file).readinto(view[:want])  # every binary file has readinto
-        if not count:
-            break
-        digest.update(view[:count])
-        if remaining is not None:
-            remaining -= count
+    with paused() if size >= LONG_DATA else contextlib.nullcontext():  # reads and hashes without the GIL
+        while remaining is None or remaining > 0:
+            want = len(buffer) if remaining is None else min(len(buffer), remaining)
+            count = cast(io.BufferedIOBase, file).readinto(view[:want])  # every binary file has readinto
+            if not count:
+                break
+            digest.update(view[:count])
+            if remaining is not None:
+                remaining -= count
     return digest
 
 

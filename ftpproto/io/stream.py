@@ -16,7 +16,6 @@ outside the caller's turn (see turn.py), and so does a long data phase.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import socket
@@ -27,7 +26,7 @@ from typing import BinaryIO
 
 from ..errors import ProtocolError
 from ..framing import FrameDecoder, encode_frame
-from .turn import paused
+from .turn import LONG_DATA, paused
 
 __all__ = ["BUFFER_SIZE", "SENDFILE_CHUNK", "FrameStream", "PeerClosedError", "ShortReadError", "refuse"]
 
@@ -35,7 +34,6 @@ BUFFER_SIZE = 256 * 1024  # data phases
 CONTROL_BUFFER_SIZE = 16 * 1024  # frames: small, so an idle or downloading session costs little
 PIPELINE_BUFFER_SIZE = 256 * 1024  # ... until a read fills it: a pipelining peer's frames and data
 SENDFILE_CHUNK = 8 * 1024 * 1024  # how often a long sendfile reports progress
-LONG_DATA = 1024 * 1024  # a data phase this long runs outside the turn: its hashing may use another core
 
 
 class PeerClosedError(ConnectionError):
@@ -261,16 +259,15 @@ class FrameStream:
     def _send_file_directly(self, fd: int, offset: int, count: int) -> bool:
         """A short `send_file` in `os.sendfile` calls; False if the file cannot be
         sent that way (then nothing was sent)."""
-        start, end, deadline = offset, offset + count, None
+        start, end = offset, offset + count
         while offset < end:
             try:
                 sent = os.sendfile(self.sock.fileno(), fd, offset, end - offset)
             except BlockingIOError:
-                deadline = deadline or self._deadline()
-                self._wait(True, deadline)
+                self._wait(True, self._deadline())  # like socket.sendfile: the time-out is per wait
                 continue
-            except OSError as exc:  # a file system without sendfile: socket.sendfile copies
-                if offset == start and exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            except OSError:  # a file that sendfile cannot read: socket.sendfile copies it
+                if offset == start:
                     return False
                 raise
             if not sent:

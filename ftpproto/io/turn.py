@@ -16,8 +16,9 @@ the turn would only delay each answer.
 
 The turn is a courtesy, never a lock anyone depends on: a thread that waits
 `patience` seconds without getting it goes on without it, and asks again at its
-next run. A holder stuck somewhere unforeseen slows the others; it cannot stop
-them. `timeouts` counts those give-ups.
+next run; and while the holder has shown no progress (`pass_on()`) for that long,
+a thread that asks goes on at once. A holder stuck somewhere unforeseen slows the
+others once; it cannot stop them. `timeouts` counts those give-ups.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-__all__ = ["PATIENCE", "Turn", "paused"]
+__all__ = ["LONG_DATA", "PATIENCE", "Turn", "paused"]
 
 PATIENCE = 0.5  # seconds a thread waits for the turn before it goes on without it
+LONG_DATA = 1024 * 1024  # work on this many bytes (a data phase, a hash) runs outside the turn
 
 _local = threading.local()  # .turn: the Turn this thread joined; .away: inside paused()
 
@@ -45,6 +47,7 @@ class Turn:
         self._queue: collections.deque[tuple[int, threading.Lock]] = collections.deque()
         self._owner: int | None = None
         self._since = 0.0  # when the owner got it
+        self._seen = 0.0  # when the owner last showed progress (got it, or `pass_on()`)
 
     @property
     def waiting(self) -> int:
@@ -68,9 +71,14 @@ class Turn:
         """Wait for the turn, at most `patience` seconds; whether the thread got it."""
         me = threading.get_ident()
         with self._mutex:
+            now = time.monotonic()
             if self._owner is None or self._owner == me:
-                self._owner, self._since = me, time.monotonic()
+                self._owner, self._since = me, now
+                self._seen = now
                 return True
+            if now - self._seen > self.patience:  # the holder is stuck: no point queueing
+                self.timeouts += 1
+                return False
             entry = (me, threading.Lock())
             entry[1].acquire()
             self._queue.append(entry)
@@ -90,14 +98,18 @@ class Turn:
                 return
             if self._queue:
                 self._owner, waiter = self._queue.popleft()
-                self._since = time.monotonic()
+                self._since = self._seen = time.monotonic()
                 waiter.release()
             else:
                 self._owner = None
 
     def pass_on(self, after: float = 0.0) -> None:
-        """Let the others run, if any wait and the caller has had the turn `after` seconds."""
-        if self._queue and self.holding() and time.monotonic() - self._since >= after:
+        """Let the others run, if any wait and the caller has had the turn `after`
+        seconds. Called between two pieces of work: it is the holder's sign of progress."""
+        if not self.holding():
+            return
+        self._seen = now = time.monotonic()
+        if self._queue and now - self._since >= after:
             self.give()
             self.take()
 

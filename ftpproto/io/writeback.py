@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import BinaryIO
 
-__all__ = ["SYNCFS", "Writeback", "sync_filesystems"]
+__all__ = ["SYNCFS", "Writeback", "on_local_disk", "sync_filesystems"]
 
 STEP = 32 * 1024 * 1024
 
@@ -69,6 +69,12 @@ def _filesystem_type(fd: int) -> int | None:
     if _FSTATFS(fd, buffer) != 0:
         return None
     return ctypes.c_long.from_buffer(buffer).value & 0xFFFFFFFF
+
+
+def on_local_disk(fd: int) -> bool:
+    """Whether the file behind `fd` is on one of `SYNCFS_FILESYSTEMS`: a filesystem
+    whose calls may wait for a disk, never for a network or a daemon."""
+    return _filesystem_type(fd) in SYNCFS_FILESYSTEMS
 
 
 def sync_filesystems(fds: Sequence[int], devices: Sequence[int] | None = None) -> set[int]:

@@ -53,7 +53,7 @@ from ftpproto import (
 )
 from ftpproto.io.hashing import BackgroundMD5, md5_of, new_md5
 from ftpproto.io.turn import paused
-from ftpproto.io.writeback import Writeback, sync_filesystems
+from ftpproto.io.writeback import Writeback, on_local_disk, sync_filesystems
 from ftpproto.paths import RESERVED_PREFIX
 
 from ..config import Account, ConfigError
@@ -420,8 +420,6 @@ class LocalUpload:
 class LocalStorage:
     """File operations for accounts whose homes lie below `root` (see `Storage` in base.py)."""
 
-    turns = True
-
     def __init__(
         self, root: Path, max_file_size: int | None = None, count_usage_of: Iterable[Path] = ()
     ) -> None:
@@ -431,6 +429,8 @@ class LocalStorage:
         self.max_file_size = max_file_size
         self.claim_wait = CLAIM_WAIT
         self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Sessions take turns (base.py) where no call waits on a network: not on NFS or FUSE.
+        self.turns = on_local_disk(self._root_fd)
         self._meta_fd = self._open_metadata()
         self.checksums = ChecksumCache(self._metadata_path("checksums.sqlite"))
         self.usage = Usage(self._count)
@@ -517,7 +517,7 @@ class LocalStorage:
                     )
             for dir_fd, members in directories.values():
                 try:
-                    with os_errors(uploads[members[0]].path):
+                    with os_errors(uploads[members[0]].path), paused():
                         _fsync_dir(dir_fd)
                 except ProtocolError as exc:  # renamed but maybe not durable: say so, as commit() would
                     for index in members:
@@ -983,7 +983,7 @@ class LocalStorage:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp, dir_fd=place.dir_fd)  # a link that did not match
         fd = os.open(temp, WRITE_FLAGS | os.O_CREAT | os.O_EXCL, 0o666, dir_fd=place.dir_fd)
-        with open(fd, "r+b", closefd=True) as copy:
+        with open(fd, "r+b", closefd=True) as copy, paused():  # copy, sync, hash: the disk's work
             file.seek(0)
             shutil.copyfileobj(file, copy, 1024 * 1024)
             copy.flush()
