@@ -4,14 +4,23 @@ Passwords are stored as `scrypt$N$r$p$salt$hash` (salt and hash in URL-safe
 base64), never in plain text. `verify_password()` compares in constant time
 and does the same work for an unknown user as for a known one, so a wrong
 name and a wrong password look alike from the outside, timing included.
+
+A password that passed the check is remembered for `REMEMBER` seconds, as a keyed
+HMAC (the key is random and lives only in this process), next to the stored hash
+it matched: the same login again (a script's next connection, `-j 4`'s four)
+skips scrypt. Only a success is remembered, so a guess still costs a full check;
+and a new stored hash (a changed password) matches nothing remembered.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["hash_password", "verify_password"]
@@ -23,6 +32,11 @@ _DUMMY_HASH = None  # built on first use: the hash an unknown user is checked ag
 # 1.6 GB), and since malloc keeps freed blocks per thread, only those threads ever hold
 # such blocks. More checks at once than cores would not finish sooner anyway.
 _CHECKERS = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="scrypt")
+REMEMBER = 300.0  # seconds a password that passed is remembered
+REMEMBERED_MAX = 1024  # stored hashes remembered at most (the least recently used go first)
+_KEY = os.urandom(32)
+_remembered: collections.OrderedDict[str, tuple[bytes, float]] = collections.OrderedDict()
+_remembered_lock = threading.Lock()
 
 
 def _b64(data: bytes) -> str:
@@ -53,6 +67,9 @@ def verify_password(password: str, stored: str | None) -> bool:
         known = False
     else:
         known = True
+    tag = hmac.new(_KEY, password.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    if known and _recalled(stored, tag):
+        return True
     try:
         scheme, n, r, p, salt, expected = stored.split("$")
         if scheme != "scrypt":
@@ -60,4 +77,21 @@ def verify_password(password: str, stored: str | None) -> bool:
         actual = _CHECKERS.submit(_scrypt, password, _unb64(salt), int(n), int(r), int(p)).result()
     except (ValueError, TypeError):
         return False
-    return hmac.compare_digest(actual, _unb64(expected)) and known
+    if not (hmac.compare_digest(actual, _unb64(expected)) and known):
+        return False
+    with _remembered_lock:
+        _remembered[stored] = (tag, time.monotonic() + REMEMBER)
+        _remembered.move_to_end(stored)
+        while len(_remembered) > REMEMBERED_MAX:
+            _remembered.popitem(last=False)
+    return True
+
+
+def _recalled(stored: str, tag: bytes) -> bool:
+    """Whether this very password passed against `stored` less than `REMEMBER` seconds ago."""
+    with _remembered_lock:
+        seen = _remembered.get(stored)
+        if seen is None or seen[1] < time.monotonic():
+            return False
+        _remembered.move_to_end(stored)
+        return hmac.compare_digest(seen[0], tag)

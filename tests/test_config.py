@@ -120,3 +120,45 @@ def test_password_hashes_are_salted_and_verified():
     assert "correct-horse" not in hash_password("correct-horse")  # base64 may hold "pw" by chance
     assert verify_password("pw", first) and not verify_password("wrong", first)
     assert not verify_password("pw", None) and not verify_password("pw", "garbage")
+
+
+def counting_scrypt(monkeypatch) -> list[str]:
+    from ftpserver import auth
+
+    calls: list[str] = []
+    real = auth._scrypt
+
+    def counted(password: str, *args: object) -> bytes:
+        calls.append(password)
+        return real(password, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(auth, "_scrypt", counted)
+    return calls
+
+
+def test_a_password_that_passed_is_remembered_and_a_guess_still_costs_a_full_check(monkeypatch):
+    stored, other = hash_password("pw"), hash_password("pw")
+    calls = counting_scrypt(monkeypatch)
+    assert verify_password("pw", stored) and calls == ["pw"]
+    assert verify_password("pw", stored) and calls == ["pw"]  # remembered: no scrypt
+    assert not verify_password("wrong", stored) and calls == ["pw", "wrong"]
+    assert not verify_password("pw\ud800", stored)  # not even encodable: no match
+    assert verify_password("pw", other) and calls[-1] == "pw" and len(calls) == 4  # another hash: checked
+    assert not verify_password("pw", None)  # an unknown user never matches a remembered one
+
+
+def test_a_remembered_password_is_forgotten_after_its_time_and_beyond_the_limit(monkeypatch):
+    from ftpserver import auth
+
+    hashes = [hash_password("pw") for _ in range(3)]
+    calls = counting_scrypt(monkeypatch)
+    monkeypatch.setattr(auth, "REMEMBER", -1.0)  # expired as soon as remembered
+    assert verify_password("pw", hashes[0]) and verify_password("pw", hashes[0])
+    assert len(calls) == 2
+    monkeypatch.setattr(auth, "REMEMBER", 300.0)
+    monkeypatch.setattr(auth, "REMEMBERED_MAX", 2)
+    for stored in hashes:
+        assert verify_password("pw", stored)
+    assert len(calls) == 5
+    assert verify_password("pw", hashes[2]) and verify_password("pw", hashes[1]) and len(calls) == 5
+    assert verify_password("pw", hashes[0]) and len(calls) == 6  # the least recently used went first
