@@ -154,12 +154,10 @@ class Session(socketserver.BaseRequestHandler):
         """Hold the turn through a run of requests read already. A read that waits for
         the peer lets it go (see FrameStream), and a session that gets one request at
         a time runs without it."""
-        if not self.stream.buffered:
-            return
-        if not turn.holding():
+        if turn.holding():
+            turn.pass_on(after=TURN_SLICE)  # progress; in a long run, the others' turn now and then
+        elif self.stream.buffered:
             turn.take()
-        else:
-            turn.pass_on(after=TURN_SLICE)  # a long run: the others' turn now and then
 
     def handshake(self) -> bool:
         """Complete the TLS handshake; a peer that fails it (plain TCP, wrong

@@ -32,7 +32,7 @@ def md5_of(file: BinaryIO, limit: int | None = None) -> hashlib._Hash:
     view = memoryview(buffer)
     remaining = limit
     file.seek(0)
-    with paused() if size >= LONG_DATA else contextlib.nullcontext():  # reads and hashes without the GIL
+    with paused(resume=False) if size >= LONG_DATA else contextlib.nullcontext():  # without the GIL
         while remaining is None or remaining > 0:
             want = len(buffer) if remaining is None else min(len(buffer), remaining)
             count = cast(io.BufferedIOBase, file).readinto(view[:want])  # every binary file has readinto

@@ -51,14 +51,31 @@ def _syncfs_reports_errors() -> bool:
     return (major, minor) >= (5, 17)
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True) if _syncfs_reports_errors() else None  # not on Windows
-_SYNCFS = getattr(_LIBC, "syncfs", None)
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+_SYNCFS = getattr(_LIBC, "syncfs", None) if _syncfs_reports_errors() else None
 _FSTATFS = getattr(_LIBC, "fstatfs", None)
 SYNCFS = _SYNCFS is not None and _FSTATFS is not None
 # Filesystems whose syncfs writes back and reports what an fsync of each file would:
 # ext4, xfs, btrfs, and tmpfs (nothing to write). Not FUSE (sshfs, s3fs, mergerfs...),
 # whose syncfs never reaches the daemon, nor overlayfs or network filesystems.
 SYNCFS_FILESYSTEMS = {0xEF53: "ext4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0x01021994: "tmpfs"}
+# Filesystems whose calls may wait for a network or a daemon (linux/magic.h and the
+# filesystems' own sources): NFS, SMB and CIFS, FUSE, Ceph, 9p, AFS, Coda, GFS2, OCFS2, Lustre.
+REMOTE_FILESYSTEMS = {
+    0x6969: "nfs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x65735546: "fuse",
+    0x00C36400: "ceph",
+    0x01021997: "9p",
+    0x5346414F: "afs",
+    0x6B414653: "kafs",
+    0x73757245: "coda",
+    0x01161970: "gfs2",
+    0x7461636F: "ocfs2",
+    0x0BD00BD0: "lustre",
+}
 
 
 def _filesystem_type(fd: int) -> int | None:
@@ -72,9 +89,9 @@ def _filesystem_type(fd: int) -> int | None:
 
 
 def on_local_disk(fd: int) -> bool:
-    """Whether the file behind `fd` is on one of `SYNCFS_FILESYSTEMS`: a filesystem
-    whose calls may wait for a disk, never for a network or a daemon."""
-    return _filesystem_type(fd) in SYNCFS_FILESYSTEMS
+    """Whether the file behind `fd` is on a filesystem whose calls wait for a disk at
+    most: any but `REMOTE_FILESYSTEMS` (where the type is unknown, a local one)."""
+    return _filesystem_type(fd) not in REMOTE_FILESYSTEMS
 
 
 def sync_filesystems(fds: Sequence[int], devices: Sequence[int] | None = None) -> set[int]:

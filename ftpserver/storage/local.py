@@ -515,15 +515,16 @@ class LocalStorage:
                     directories.setdefault(upload.place.identity(), (upload.place.dir_fd, []))[1].append(
                         index
                     )
-            for dir_fd, members in directories.values():
-                try:
-                    with os_errors(uploads[members[0]].path), paused():
-                        _fsync_dir(dir_fd)
-                except ProtocolError as exc:  # renamed but maybe not durable: say so, as commit() would
-                    for index in members:
-                        results[index] = exc
-                    continue
-                rows.extend(row for index in members for row in uploads[index].checksum_rows())
+            with paused(resume=False):  # the disk's work; the session's next run takes the turn again
+                for dir_fd, members in directories.values():
+                    try:
+                        with os_errors(uploads[members[0]].path):
+                            _fsync_dir(dir_fd)
+                    except ProtocolError as exc:  # renamed but maybe not durable: say so, as commit() would
+                        for index in members:
+                            results[index] = exc
+                        continue
+                    rows.extend(row for index in members for row in uploads[index].checksum_rows())
             self.checksums.record_many(rows)
         finally:
             for upload in uploads:
