@@ -41,7 +41,12 @@ class NullMetrics:
 
 
 class Metrics(NullMetrics):
-    def __init__(self, sessions: Callable[[], int], cache: Callable[[], dict[str, int]]) -> None:
+    def __init__(
+        self,
+        sessions: Callable[[], int],
+        cache: Callable[[], dict[str, int]],
+        turn_giveups: Callable[[], int] = lambda: 0,
+    ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.core import CounterMetricFamily
 
@@ -74,6 +79,11 @@ class Metrics(NullMetrics):
                 for result, count in cache().items():
                     family.add_metric([result], count)
                 yield family
+                yield CounterMetricFamily(
+                    "sockftp_turn_giveups",
+                    "Waits for a session's turn that ran out of patience (ftpproto/io/turn.py)",
+                    value=turn_giveups(),
+                )
 
         registry.register(CacheCollector())
         self._http: Any = None
@@ -108,11 +118,14 @@ class Metrics(NullMetrics):
 
 
 def open_metrics(
-    where: tuple[str, int] | None, sessions: Callable[[], int], cache: Callable[[], dict[str, int]]
+    where: tuple[str, int] | None,
+    sessions: Callable[[], int],
+    cache: Callable[[], dict[str, int]],
+    turn_giveups: Callable[[], int] = lambda: 0,
 ) -> NullMetrics:
     """Metrics served at `where` (host, port), or the null twin when it is None."""
     if where is None:
         return NullMetrics()
-    metrics = Metrics(sessions, cache)
+    metrics = Metrics(sessions, cache, turn_giveups)
     metrics.serve(*where)
     return metrics

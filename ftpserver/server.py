@@ -61,7 +61,12 @@ class FileServer(socketserver.ThreadingTCPServer):
         self.storage = open_storage(config)
         self.turn = Turn() if self.storage.turns else None  # see ftpproto/io/turn.py
         try:
-            self.metrics = open_metrics(config.metrics, lambda: self.session_count, self.storage.stats)
+            self.metrics = open_metrics(
+                config.metrics,
+                lambda: self.session_count,
+                self.storage.stats,
+                lambda: self.turn.timeouts if self.turn is not None else 0,
+            )
         except ImportError:
             raise ConfigError(
                 f"{config.path}: metrics: needs prometheus_client (pip install 'sockftp[metrics]')"

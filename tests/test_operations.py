@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ftpclient import Client
-from ftpproto import AuthFailedError, BusyError, ProtocolError
+from ftpproto import AuthFailedError, BusyError, ProtocolError, encode_frame
 from ftpproto.io import FrameStream
 from ftpserver.config import ConfigError, load_config
 
@@ -152,6 +152,19 @@ def test_metrics_move_with_real_transfers_logins_errors_and_bans(make_config, se
         with pytest.raises(ProtocolError):
             alice.stat("/missing")
         during = scrape(port)
+        assert during[("sockftp_turn_giveups_total", ())] == 0
+        turn = running.server.turn
+        if turn is not None:  # held by the test: a session with a run of requests gives up waiting
+            turn.patience = 0.05
+            assert turn.take()
+            try:
+                run = FrameStream(running.connect())
+                run.recv()
+                run.sock.sendall(encode_frame({"op": "stat", "path": "/"}) * 3)  # in one write
+                assert all(run.recv()["ok"] for _ in range(3))
+                run.close()
+            finally:
+                turn.give()
     assert during[("sockftp_active_sessions", ())] == 1
     for _ in range(15):  # the defender's threshold with the default scores: a ban
         logs_in(running.port, "alice", "wrong")
@@ -165,6 +178,7 @@ def test_metrics_move_with_real_transfers_logins_errors_and_bans(make_config, se
     assert after[("sockftp_errors_total", (("code", "not_found"),))] == 1
     assert after[("sockftp_bans_total", ())] == 1
     assert after[("sockftp_checksum_cache_lookups_total", (("result", "hit"),))] >= 2  # get and stat
+    assert after[("sockftp_turn_giveups_total", ())] >= (1 if running.server.turn else 0)
 
 
 def test_no_metrics_section_means_no_listener(server):
