@@ -397,3 +397,26 @@ def test_turns_are_off_where_the_filesystem_may_wait_on_a_network(monkeypatch, t
             assert writeback.on_local_disk(fd) is local, hex(kind or 0)
     finally:
         os.close(fd)
+
+
+def test_ready_sees_a_waiting_frame_on_a_descriptor_above_1023():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip("the descriptor limit is below 1100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    ours, theirs = socket.socketpair()
+    try:
+        high = socket.socket(fileno=os.dup2(ours.fileno(), 1050))
+        high.settimeout(5)
+        stream = FrameStream(high)
+        assert not stream.ready()
+        theirs.sendall(encode_frame({"op": "ls", "path": "/"}))
+        assert wait_until(stream.ready, timeout=2)  # the next request is here: a group may go on
+        assert stream.recv() == {"op": "ls", "path": "/"}
+        stream.close()
+    finally:
+        ours.close()
+        theirs.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

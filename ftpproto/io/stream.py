@@ -113,8 +113,9 @@ class FrameStream:
         if isinstance(self.sock, ssl.SSLSocket):
             return self.sock.pending() > 0  # bytes already decrypted; a raw peek cannot tell
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            return bool(readable) and bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            poller = select.poll()  # not select(): it cannot watch a descriptor above 1023
+            poller.register(self.sock, select.POLLIN)
+            return bool(poller.poll(0)) and bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except (OSError, ValueError):
             return False
 
