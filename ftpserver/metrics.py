@@ -45,7 +45,7 @@ class Metrics(NullMetrics):
         self,
         sessions: Callable[[], int],
         cache: Callable[[], dict[str, int]],
-        turn_giveups: Callable[[], int] = lambda: 0,
+        turn_giveups: Callable[[], int],
     ) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         from prometheus_client.core import CounterMetricFamily
@@ -121,7 +121,7 @@ def open_metrics(
     where: tuple[str, int] | None,
     sessions: Callable[[], int],
     cache: Callable[[], dict[str, int]],
-    turn_giveups: Callable[[], int] = lambda: 0,
+    turn_giveups: Callable[[], int],
 ) -> NullMetrics:
     """Metrics served at `where` (host, port), or the null twin when it is None."""
     if where is None:

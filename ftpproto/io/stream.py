@@ -110,14 +110,19 @@ class FrameStream:
         for the answer."""
         if self._decoder.buffered:
             return True
-        if isinstance(self.sock, ssl.SSLSocket):
-            return self.sock.pending() > 0  # bytes already decrypted; a raw peek cannot tell
+        if self._tls:
+            return self.sock.pending() > 0  # type: ignore[attr-defined]  # bytes already decrypted
         try:
-            poller = select.poll()  # not select(): it cannot watch a descriptor above 1023
-            poller.register(self.sock, select.POLLIN)
-            return bool(poller.poll(0)) and bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            return self._poll(False, 0) and bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
         except (OSError, ValueError):
             return False
+
+    def _poll(self, writing: bool, seconds: float | None) -> bool:
+        """Whether the socket can be written (or read) within `seconds` (None: for ever).
+        poll, not select(): select cannot watch a descriptor above 1023."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLOUT if writing else select.POLLIN)
+        return bool(poller.poll(None if seconds is None else seconds * 1000))
 
     def send(self, message: dict, data: bytes = b"") -> None:
         """Send one frame, and `data` right after it in the same write (an eager put's bytes)."""
@@ -133,11 +138,9 @@ class FrameStream:
 
     def _wait(self, writing: bool, deadline: float | None) -> None:
         """Wait, outside the turn, until the socket can be written (or read); else `TimeoutError`."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLOUT if writing else select.POLLIN)
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         with paused(resume=False):
-            ready = poller.poll(None if remaining is None else remaining * 1000)
+            ready = self._poll(writing, remaining)
         if not ready:
             raise TimeoutError("timed out")
 

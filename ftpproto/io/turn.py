@@ -34,7 +34,7 @@ __all__ = ["LONG_DATA", "PATIENCE", "Turn", "paused"]
 PATIENCE = 0.5  # seconds a thread waits for the turn before it goes on without it
 LONG_DATA = 1024 * 1024  # work on this many bytes (a data phase, a hash) runs outside the turn
 
-_local = threading.local()  # .turn: the Turn this thread joined; .away: inside paused()
+_local = threading.local()  # .turn: the Turn this thread joined
 
 
 class Turn:
@@ -60,7 +60,7 @@ class Turn:
 
     def join(self) -> None:
         """Make the turn the calling thread's own: the one `paused()` gives up."""
-        _local.turn, _local.away = self, False
+        _local.turn = self
 
     def leave(self) -> None:
         """Give the turn up for good (the thread's work is over)."""
@@ -120,19 +120,17 @@ def paused(resume: bool = True) -> Iterator[None]:
     sleep, the network), and take it back after, unless `resume` is False: after a
     wait for the peer, what comes next may be a single request, not worth a wait
     for the turn. Without the turn (the client, a thread that never joined one or
-    does not hold it) and inside another pause, it does nothing.
+    does not hold it) and so inside another pause, it does nothing.
 
     Never pause while holding another lock: the thread would then wait for the
     turn while others wait for that lock."""
     turn: Turn | None = getattr(_local, "turn", None)
-    if turn is None or _local.away or not turn.holding():
+    if turn is None or not turn.holding():
         yield
         return
-    _local.away = True
     turn.give()
     try:
         yield
     finally:
-        _local.away = False
         if resume:
             turn.take()
