@@ -56,6 +56,7 @@ log = logging.getLogger("ftpserver.session")
 LS_PAGE = 1000
 GROUP_MAX = 64  # eager puts committed together at most
 TURN_SLICE = 0.05  # seconds a session keeps the turn through requests it has already read
+GROUP_WAIT = 0.2  # seconds a group's answers wait for the peer's next bytes before they go
 EAGER_GET_INLINE = 64 * 1024  # an eager get this small is read and sent with its header
 HANDSHAKE_TIMEOUT = 10.0
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -105,6 +106,9 @@ class Session(socketserver.BaseRequestHandler):
         self.group_parents: set[str] = set()  # and the directories above them
         self.stream = FrameStream(self.request)
         self.stream.set_timeout(self.limits.idle_timeout)
+        # A peer that stops inside its next request (or an eager put's data) still gets the
+        # answers owed to the group: they and the names they claim are not held for a timeout.
+        self.stream.when_idle(GROUP_WAIT, self.flush)
         self.server.session_started(self)
         # A TLS session runs without a turn: its stream may wait in any call.
         self.turn = None if isinstance(self.request, ssl.SSLSocket) else self.server.turn

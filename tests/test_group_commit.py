@@ -235,6 +235,25 @@ def test_an_eager_put_then_end_of_stream_is_still_answered(server):
     assert (server.root / "last").read_bytes() == data
 
 
+@pytest.mark.parametrize("stop", ["in the next request", "in the next put's data"])
+def test_a_peer_that_stops_midway_still_gets_the_answers_owed_to_the_group(server, stop):
+    """The group's answers, and the names its puts hold, wait only briefly (GROUP_WAIT)
+    for the rest of what the peer began to send, not for idle_timeout (30 s here) or
+    stall_timeout (10 s); the client reads with a 5 s time-out."""
+    stream = connect(server.port)
+    stream.set_timeout(5)
+    first, second = os.urandom(3000), os.urandom(3000)
+    following = eager_put("second", second)
+    cut = len(following) - len(second) - 10 if stop == "in the next request" else len(following) - 1000
+    stream.sock.sendall(eager_put("first", first) + following[:cut])
+    assert stream.recv() == {"ok": True, "size": len(first), "md5": md5(first), "offset": 0}
+    assert (server.root / "first").read_bytes() == first
+    stream.sock.sendall(following[cut:])  # the rest, late: still one request, answered in order
+    assert stream.recv() == {"ok": True, "size": len(second), "md5": md5(second), "offset": 0}
+    assert (server.root / "second").read_bytes() == second
+    assert request(stream, "stat", path="first")["md5"] == md5(first)
+
+
 def test_a_put_over_the_folder_of_a_put_in_the_group_sees_that_folder(server):
     stream = connect(server.port)
     child, parent = b"in the folder", b"a file named like the folder"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
+import ssl
 import time
 
 import pytest
 import trustme
 
 from ftpclient import Client, HandshakeError
+from ftpproto import encode_frame
 from ftpproto.io import FrameStream
 from ftpserver import handler
 
@@ -122,3 +125,32 @@ def test_a_silent_peer_is_dropped_at_the_handshake_timeout_not_the_idle_one(
         started = time.monotonic()
         assert wait_until(lambda: running.server.session_count == 0, 10)
         assert time.monotonic() - started < 5
+
+
+def test_a_tls_peer_that_stops_inside_a_request_still_gets_the_groups_answers(tls_files, make_config, serve):
+    """A TLS stream reads without the direct path's waits: it too answers the group once
+    the rest of a begun request is late (idle_timeout is 30 s, the client waits 5)."""
+    running = serve(make_config(tls={"cert": "server.pem"}, limits={"idle_timeout": 30}))
+    context = ssl.create_default_context(cafile=str(tls_files[1]))
+    sock = context.wrap_socket(
+        socket.create_connection(("127.0.0.1", running.port), timeout=5), server_hostname="127.0.0.1"
+    )
+    with sock:
+        stream = FrameStream(sock)
+        assert "eager" in stream.recv()["features"]
+        first, second = b"a first file" * 100, b"a second file" * 100
+        following = encode_frame(eager_fields("second", second)) + second
+        sock.sendall(encode_frame(eager_fields("first", first)) + first + following[:-50])
+        assert stream.recv() == {
+            "ok": True,
+            "size": len(first),
+            "md5": hashlib.md5(first).hexdigest(),
+            "offset": 0,
+        }
+        sock.sendall(following[-50:])
+        assert stream.recv()["md5"] == hashlib.md5(second).hexdigest()
+    assert (running.root / "second").read_bytes() == second
+
+
+def eager_fields(path: str, data: bytes) -> dict:
+    return {"op": "put", "path": path, "size": len(data), "md5": hashlib.md5(data).hexdigest(), "eager": True}

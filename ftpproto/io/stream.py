@@ -62,6 +62,7 @@ class FrameStream:
         self._control = bytearray(CONTROL_BUFFER_SIZE)
         self._buffer_size = buffer_size
         self._data: memoryview | None = None  # made on the first data phase received, then reused
+        self._idle: tuple[float, Callable[[], object]] | None = None  # see when_idle()
 
     @property
     def timeout(self) -> float | None:
@@ -93,6 +94,24 @@ class FrameStream:
         """Complete the TLS handshake of a socket wrapped without it, within the time-out."""
         self._apply()
         self.sock.do_handshake()  # type: ignore[attr-defined]  # an ssl.SSLSocket: the caller checked
+
+    def when_idle(self, after: float, callback: Callable[[], object]) -> None:
+        """Call `callback` whenever a read has waited `after` seconds for the peer and
+        nothing came; the read then goes on waiting. A server owing answers gives them
+        there (a group commit), not only once the next request is complete."""
+        self._idle = (after, callback)
+
+    def _idle_wait(self, deadline: float | None) -> None:
+        """Before a read waits: wait up to the idle delay, then call back if nothing came."""
+        if self._idle is None:
+            return
+        after, callback = self._idle
+        if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # an ssl.SSLSocket
+            return
+        if not self._poll(
+            False, after if deadline is None else min(after, max(deadline - time.monotonic(), 0.0))
+        ):
+            callback()
 
     @property
     def buffered(self) -> bool:
@@ -138,8 +157,10 @@ class FrameStream:
 
     def _wait(self, writing: bool, deadline: float | None) -> None:
         """Wait, outside the turn, until the socket can be written (or read); else `TimeoutError`."""
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         with paused(resume=False):
+            if not writing:
+                self._idle_wait(deadline)
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             ready = self._poll(writing, remaining)
         if not ready:
             raise TimeoutError("timed out")
@@ -166,6 +187,7 @@ class FrameStream:
         self._apply()
         if not self._direct():
             with paused(resume=False):
+                self._idle_wait(self._deadline())
                 return self.sock.recv_into(target)
         while True:
             try:

@@ -1237,6 +1237,24 @@ def test_a_refused_eager_put_is_drained_and_the_connection_stays_in_step(
     ]
 
 
+def test_answers_owed_for_whole_requests_come_while_the_next_one_is_unfinished(
+    client: RawClient, area: Area
+) -> None:
+    """A client may stop in the middle of a request: the answers to the whole requests
+    before it arrive without the rest (the server waits about 0.2 s for it, then answers)."""
+    if "eager" not in offered(client):
+        pytest.skip("the server does not offer eager")
+    first, second = payload(2000), payload(3000)
+    following = eager_put_frames(area.path("second.bin"), second)
+    client.sock.settimeout(5)  # the server's idle_timeout is 300 s: the answer may not wait for it
+    client.send_raw(eager_put_frames(area.path("first.bin"), first) + following[:-100])
+    assert client.read_response() == {"ok": True, "size": len(first), "md5": md5_hex(first), "offset": 0}
+    client.send_raw(following[-100:])
+    assert client.read_response() == {"ok": True, "size": len(second), "md5": md5_hex(second), "offset": 0}
+    assert (area.local / "second.bin").read_bytes() == second
+    assert_usable(client)
+
+
 def test_an_eager_put_too_big_to_drain_closes(client: RawClient, area: Area) -> None:
     if "eager" not in offered(client):
         pytest.skip("the server does not offer eager")
