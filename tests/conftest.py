@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -33,6 +34,7 @@ import yaml
 from ftpclient import Client
 from ftpclient.cli import main as client_main
 from ftpclient.environment import Environment
+from ftpproto import encode_frame
 from ftpproto.io import FrameStream
 from ftpserver.auth import hash_password
 from ftpserver.config import ServerConfig, load_config
@@ -297,6 +299,12 @@ def run_cli_subprocess(
         input=input,
         timeout=60,
     )
+
+
+def eager_put(path: str, data: bytes) -> bytes:
+    """An eager put's frame and its data, as a pipelining client sends them."""
+    md5 = hashlib.md5(data).hexdigest()
+    return encode_frame({"op": "put", "path": path, "size": len(data), "md5": md5, "eager": True}) + data
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0) -> object:

@@ -17,19 +17,13 @@ from ftpproto import encode_frame
 from ftpproto.io import FrameStream, PeerClosedError, ShortReadError, writeback
 from ftpserver.storage.local import LocalStorage
 
-from .conftest import counting_fsyncs, wait_until, write_config
+from .conftest import counting_fsyncs, eager_put, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def eager_put(path: str, data: bytes) -> bytes:
-    return (
-        encode_frame({"op": "put", "path": path, "size": len(data), "md5": md5(data), "eager": True}) + data
-    )
 
 
 def request(stream: FrameStream, op: str, **fields: object) -> dict:

@@ -11,11 +11,10 @@ import pytest
 import trustme
 
 from ftpclient import Client, HandshakeError
-from ftpproto import encode_frame
 from ftpproto.io import FrameStream
 from ftpserver import handler
 
-from .conftest import run_cli, wait_until, write_config
+from .conftest import eager_put, run_cli, wait_until, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -139,8 +138,8 @@ def test_a_tls_peer_that_stops_inside_a_request_still_gets_the_groups_answers(tl
         stream = FrameStream(sock)
         assert "eager" in stream.recv()["features"]
         first, second = b"a first file" * 100, b"a second file" * 100
-        following = encode_frame(eager_fields("second", second)) + second
-        sock.sendall(encode_frame(eager_fields("first", first)) + first + following[:-50])
+        following = eager_put("second", second)
+        sock.sendall(eager_put("first", first) + following[:-50])
         assert stream.recv() == {
             "ok": True,
             "size": len(first),
@@ -150,7 +149,3 @@ def test_a_tls_peer_that_stops_inside_a_request_still_gets_the_groups_answers(tl
         sock.sendall(following[-50:])
         assert stream.recv()["md5"] == hashlib.md5(second).hexdigest()
     assert (running.root / "second").read_bytes() == second
-
-
-def eager_fields(path: str, data: bytes) -> dict:
-    return {"op": "put", "path": path, "size": len(data), "md5": hashlib.md5(data).hexdigest(), "eager": True}

@@ -18,9 +18,10 @@ from ftpclient import Client
 from ftpclient.pipeline import put_pipelined
 from ftpproto import encode_frame
 from ftpproto.io import FrameStream
+from ftpproto.io.hashing import HASH_CHUNK
 from ftpproto.io.turn import Turn, paused
 
-from .conftest import wait_until
+from .conftest import eager_put, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -310,6 +311,98 @@ def test_a_slow_group_sync_or_a_wait_for_a_claim_lets_the_others_run(server, tmp
     assert failures == [] and turn.timeouts == 0
     holder.close()
     waiter.close()
+
+
+class SlowOnce:
+    """`real`, but its first call sleeps `seconds` first: a disk that takes its time."""
+
+    def __init__(self, real, seconds: float = 3.0) -> None:
+        self.real, self.seconds, self.slept = real, seconds, threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        if not self.slept.is_set():
+            self.slept.set()
+            time.sleep(self.seconds)
+        return self.real(*args, **kwargs)
+
+
+class SlowBigMD5:
+    """hashlib for ftpproto.io.hashing whose MD5s sleep on their first 1 MiB update:
+    only a big file's hash (the sessions' own small files are fed in smaller pieces)."""
+
+    def __init__(self) -> None:
+        self.sleep = SlowOnce(lambda: None)
+
+    def md5(self, *args):
+        real, sleep = hashlib.md5(*args), self.sleep
+
+        class Digest:
+            def update(self, data) -> None:
+                if len(data) >= HASH_CHUNK:
+                    sleep()
+                real.update(data)
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        return Digest()
+
+
+@pytest.mark.parametrize("work", ["hash of a big file", "copy of an instant upload", "fsync of a folder"])
+def test_the_disks_long_work_lets_the_others_run(server, tmp_path, monkeypatch, work):
+    """A session in a run holds the turn; the 3 s it spends on the disk (a hash of an
+    uncached 2 MiB file, an instant upload's copy, a group's folder fsync) it spends
+    outside it, so a pipelining session never waits its patience (1 s) out."""
+    from ftpproto.io import hashing
+    from ftpserver.storage import local
+
+    turn = server.server.turn
+    if turn is None:
+        pytest.skip("the storage is not on a local disk's filesystem: no turns")
+    (server.root / "up").mkdir()
+    turn.patience = 1.0
+    failures: list = []
+    big = os.urandom(2 * HASH_CHUNK)
+    md5 = hashlib.md5(big).hexdigest()
+    if work == "hash of a big file":
+        (server.root / "big").write_bytes(big)  # written behind the server: its MD5 is not known
+        slow = SlowBigMD5()
+        monkeypatch.setattr(hashing, "hashlib", slow)
+        slept = slow.sleep.slept
+        busy = in_a_run(server, encode_frame({"op": "stat", "path": "big"}))
+    elif work == "copy of an instant upload":
+        (tmp_path / "big").write_bytes(big)
+        with Client("127.0.0.1", server.port) as client:
+            client.put(tmp_path / "big", "/big")  # remembered: a put of the same bytes needs none
+        copy = SlowOnce(local.shutil.copyfileobj)
+        monkeypatch.setattr(local.shutil, "copyfileobj", copy)
+        slept = copy.slept
+        # Another modification time: the new file cannot be a link to the first, it is a copy.
+        put = {"op": "put", "path": "up/again", "size": len(big), "md5": md5, "mtime": 1e9}
+        busy = in_a_run(server, encode_frame(put))
+    else:
+        fsync = SlowOnce(local._fsync_dir)
+        monkeypatch.setattr(local, "_fsync_dir", fsync)
+        slept = fsync.slept
+        small = {f"up/g{index}": os.urandom(3000) for index in range(5)}
+        busy = in_a_run(server, *(eager_put(name, data) for name, data in small.items()))
+    assert slept.wait(10)
+    upload(server.port, files(tmp_path, 10, "h"), failures)  # pipelining: it asks for the turn
+    assert failures == [] and turn.timeouts == 0
+    busy.settimeout(10)
+    answers = FrameStream(busy)
+    assert answers.recv()["ok"]  # the ls
+    if work == "hash of a big file":
+        assert answers.recv()["md5"] == md5
+    elif work == "fsync of a folder":
+        for name, data in small.items():
+            assert answers.recv()["md5"] == hashlib.md5(data).hexdigest()
+            assert (server.root / name).read_bytes() == data
+    else:
+        assert answers.recv() == {"ok": True, "offset": len(big)}  # every byte there already
+        assert answers.recv()["md5"] == md5
+        assert (server.root / "up" / "again").read_bytes() == big
+    busy.close()
 
 
 def test_a_stuck_holder_costs_the_others_one_wait_at_most():
