@@ -65,6 +65,40 @@ def test_sighup_takes_a_new_user_and_keeps_running_sessions(tmp_path, server_pro
     assert server.process.poll() is None
 
 
+def test_a_changed_password_takes_effect_at_the_reload_though_the_old_one_was_remembered(
+    tmp_path, server_process
+):
+    """A password that passed is remembered for 5 minutes (auth.py), beside the stored hash
+    it matched: a new hash after SIGHUP does not match it, so the old password fails at once."""
+    config = write_config(tmp_path)
+    server = server_process(config)
+    assert logs_in(server.port, "alice", "alice-pw")  # checked by scrypt, then remembered
+    assert logs_in(server.port, "alice", "alice-pw")  # from memory
+    changed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ftpserver",
+            "users",
+            "passwd",
+            "alice",
+            "--config",
+            str(config),
+            "--password-stdin",
+        ],
+        input="a new secret\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert changed.returncode == 0, changed.stderr
+    assert logs_in(server.port, "alice", "alice-pw")  # the server still has the old users
+    server.process.send_signal(signal.SIGHUP)
+    assert wait_until(lambda: reloaded(server, 1), 10), server.log
+    assert not logs_in(server.port, "alice", "alice-pw")
+    assert logs_in(server.port, "alice", "a new secret")
+
+
 def test_a_broken_users_file_is_refused_and_the_old_users_stay(tmp_path, server_process):
     config = write_config(tmp_path)
     server = server_process(config)
