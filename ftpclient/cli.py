@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, TextIO
 
 from ftpproto import ExistsError, NotEmptyError, NotFoundError, ProtocolError
-from ftpproto.units import parse_size
+from ftpproto.units import endpoint, parse_size
 
 from .batch import (
     LINK_POLICIES,
@@ -912,7 +912,7 @@ def run(args: argparse.Namespace, out: Output, env: Environment) -> int:
         conn = Connection(
             connector(settings),
             retries=getattr(args, "retries", 0),
-            address=f"{settings.host}:{settings.port}",
+            address=endpoint(settings.host, settings.port),
         )
         try:
             ok = COMMANDS[args.command](args, conn, out, env)

@@ -49,6 +49,7 @@ from ftpproto import (
 from ftpproto.io import SENDFILE_CHUNK, BackgroundMD5, FrameStream, RateLimiter, Writeback, md5_of, new_md5
 from ftpproto.messages import check_type, validate_md5
 from ftpproto.states import answer_event, exchange_kind
+from ftpproto.units import endpoint
 
 __all__ = ["Client", "Entry", "HandshakeError", "Progress", "Transfer", "Usage", "md5_file"]
 
@@ -203,11 +204,13 @@ class Client:
             message = self.stream.recv()
         except (ConnectionError, TimeoutError) as exc:
             raise HandshakeError(
-                f"no greeting from {self.host}:{self.port} ({exc.__class__.__name__}); "
+                f"no greeting from {endpoint(self.host, self.port)} ({exc.__class__.__name__}); "
                 "if the server uses TLS, connect with TLS"
             ) from exc
         except ProtocolError as exc:
-            raise HandshakeError(f"{self.host}:{self.port} does not speak sockftp: {exc.message}") from exc
+            raise HandshakeError(
+                f"{endpoint(self.host, self.port)} does not speak sockftp: {exc.message}"
+            ) from exc
         greeting = self._answer(message)  # an error answer (busy, say) raises as itself
         if greeting.get("type") != "hello" or greeting.get("proto") != PROTOCOL_VERSION:
             raise ProtocolMismatchError(f"not a sockftp v{PROTOCOL_VERSION} server: {str(greeting)[:80]}")

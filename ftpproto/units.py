@@ -1,11 +1,12 @@
-"""Sizes with units, as people write them in configs and on command lines."""
+"""Sizes with units and network endpoints, as people write them in configs, command
+lines and logs."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-__all__ = ["parse_size"]
+__all__ = ["endpoint", "parse_size"]
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -22,3 +23,8 @@ def parse_size(value: Any) -> int:
     if not match:
         raise ValueError(f"{value!r} is not a size (use bytes or units like 10GB, 512MiB)")
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def endpoint(host: str, port: int) -> str:
+    """`host:port`, with an IPv6 address in brackets (`[::1]:9999`) so its colons stay apart."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from ftpproto.units import parse_size
+from ftpproto.units import endpoint, parse_size
 
 from .auth import hash_password
 from .config import (
@@ -193,16 +193,17 @@ def serve(args: argparse.Namespace) -> int:
     try:
         server = FileServer(config)
     except OSError as exc:
-        print(f"ftpserver: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        print(
+            f"ftpserver: cannot listen on {endpoint(config.host, config.port)}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    host, port = server.address
     log.info(
-        "listening on %s:%s, storage %s, tls %s",
-        host,
-        port,
+        "listening on %s, storage %s, tls %s",
+        endpoint(*server.address),
         config.storage_root,
         "on" if config.tls else "off",
     )

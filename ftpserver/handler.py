@@ -41,6 +41,7 @@ from ftpproto.io.turn import Turn, paused
 from ftpproto.messages import EAGER_PUT_MAX, op_spec, parse_args
 from ftpproto.paths import join_path, split_path
 from ftpproto.states import client_event
+from ftpproto.units import endpoint
 
 from .auth import verify_password
 from .config import Account
@@ -95,7 +96,7 @@ class Session(socketserver.BaseRequestHandler):
         self.config = self.server.config
         self.limits = self.config.limits
         self.storage = self.server.storage
-        self.peer = f"{self.client_address[0]}:{self.client_address[1]}"
+        self.peer = endpoint(*self.client_address)
         self.account = self.config.anonymous
         self.logged_in = False  # as a named user, counted against its max_sessions
         self.tried_login = False

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from ftpproto.units import endpoint
+
 __all__ = ["Metrics", "NullMetrics", "open_metrics"]
 
 log = logging.getLogger("ftpserver.metrics")
@@ -94,7 +96,7 @@ class Metrics(NullMetrics):
 
         self._http, _ = start_http_server(port, addr=host, registry=self.registry)
         address = self._http.server_address
-        log.info("metrics on http://%s:%s/metrics", address[0], address[1])
+        log.info("metrics on http://%s/metrics", endpoint(address[0], address[1]))
         return address[0], address[1]
 
     def transfer(self, op: str, result: str, count: int, seconds: float) -> None:

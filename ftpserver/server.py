@@ -23,6 +23,7 @@ from importlib import metadata
 from ftpproto import BusyError
 from ftpproto.io import RateLimiter, refuse
 from ftpproto.io.turn import Turn
+from ftpproto.units import endpoint
 
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
@@ -49,6 +50,32 @@ def version() -> str:
         return metadata.version("sockftp")
     except metadata.PackageNotFoundError:
         return "unknown"
+
+
+def address_family(host: str) -> socket.AddressFamily:
+    """The family to listen with on `host`: IPv6 for an IPv6 address (`::` is every
+    interface, IPv4 included), or for a name with IPv6 addresses only; else IPv4."""
+    try:
+        return socket.AF_INET6 if ipaddress.ip_address(host.split("%", 1)[0]).version == 6 else socket.AF_INET
+    except ValueError:
+        pass
+    try:
+        families = {info[0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (socket.gaierror, UnicodeError):
+        return socket.AF_INET  # the bind then says what is wrong with the name
+    return socket.AF_INET6 if families == {socket.AF_INET6} else socket.AF_INET
+
+
+def peer_address(address: tuple) -> tuple[str, int]:
+    """A peer's (host, port): an IPv4 client of a dual-stack listener as IPv4
+    (`::ffff:192.0.2.7` is 192.0.2.7 to the limits, the defender and the logs)."""
+    host, port = str(address[0]), int(address[1])
+    if ":" in host:
+        with contextlib.suppress(ValueError):
+            mapped = ipaddress.IPv6Address(host.split("%", 1)[0]).ipv4_mapped
+            if mapped is not None:
+                host = str(mapped)
+    return host, port
 
 
 class FileServer(socketserver.ThreadingTCPServer):
@@ -90,10 +117,14 @@ class FileServer(socketserver.ThreadingTCPServer):
         self._rates: dict[str, RateLimiter] = {}
         self._refusing: set[socket.socket] = set()
         self._cleaner = threading.Event()
+        self.address_family = address_family(config.host)
         super().__init__((config.host, config.port), Session)
         threading.Thread(target=self._clean_partials, name="partial-cleaner", daemon=True).start()
         if config.anonymous is not None and config.anonymous.can_write and not self._loopback():
-            log.warning("anonymous users may write, and the server listens on %s: anyone can", config.host)
+            log.warning(
+                "anonymous users may write, and the server listens on %s, where anyone can",
+                config.host or "every address",
+            )
         if config.anonymous is not None:
             exposed = [
                 u.name or ""
@@ -124,9 +155,16 @@ class FileServer(socketserver.ThreadingTCPServer):
 
     # -- socketserver hooks ----------------------------------------------------
 
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # `::` takes IPv4 clients too, as most servers do, whatever the system's default.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, tuple]:
         """Accept; with TLS configured, wrap the socket (the session thread does the handshake)."""
         sock, address = super().get_request()
+        address = peer_address(address)
         if self.config.tls is not None:
             sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
@@ -147,7 +185,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             else:
                 self._per_address[host] += 1
                 return True
-        log.warning("refused %s:%s: %s", host, client_address[1], reason)
+        log.warning("refused %s: %s", endpoint(host, client_address[1]), reason)
         if reason == "too many connections from your address":
             self.defender.record(host, Event.LIMIT_EXCEEDED)
         with self._lock:
@@ -196,7 +234,7 @@ class FileServer(socketserver.ThreadingTCPServer):
                     del self._per_address[host]
 
     def handle_error(self, request: Request, client_address: tuple) -> None:
-        log.exception("unexpected error with %s:%s", *client_address[:2])
+        log.exception("unexpected error with %s", endpoint(*client_address[:2]))
 
     # -- session bookkeeping, for stop() ---------------------------------------
 

@@ -7,16 +7,20 @@ test per op and per error code of the protocol (docs/protocol.md).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 import socket
 import struct
 import time
 
 import pytest
 
-from ftpproto import encode_frame
+from ftpclient import Client
+from ftpproto import BusyError, encode_frame
+from ftpserver.server import address_family, peer_address
 
-from .conftest import wait_until
+from .conftest import run_cli_subprocess, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -769,3 +773,56 @@ def test_an_error_inside_a_gets_data_phase_sends_no_frame_into_the_data(raw, ser
     while chunk := stream.sock.recv(65536):
         received += chunk
     assert received == b"D" * 10  # then the connection closes: no error frame in the data
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+def test_the_address_family_follows_the_listen_host():
+    assert address_family("::") == address_family("::1") == address_family("fe80::1%lo") == socket.AF_INET6
+    for host in ("127.0.0.1", "0.0.0.0", "localhost", "", "no-such-host.invalid"):
+        assert address_family(host) == socket.AF_INET, host  # a bad name: the bind says what is wrong
+    assert peer_address(("::ffff:192.0.2.7", 5, 0, 0)) == ("192.0.2.7", 5)
+    assert peer_address(("2001:db8::7", 5, 0, 0)) == ("2001:db8::7", 5)
+    assert peer_address(("192.0.2.7", 5)) == ("192.0.2.7", 5)
+
+
+@needs_ipv6
+def test_a_server_on_ipv6_loopback_serves_the_cli_and_logs_the_peer_in_brackets(
+    make_config, serve, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="ftpserver")
+    running = serve(make_config(listen={"host": "::1"}))
+    assert running.server.address[0] == "::1"
+    (tmp_path / "f.txt").write_bytes(b"over IPv6")
+    put = run_cli_subprocess("--host", "::1", "put", str(tmp_path / "f.txt"), port=running.port)
+    assert put.returncode == 0, put.stderr
+    assert (running.root / "f.txt").read_bytes() == b"over IPv6"
+    assert re.search(r"connect \[::1\]:\d+", caplog.text)
+    with pytest.raises(OSError):  # IPv6 only: nothing listens on 127.0.0.1 at that port
+        socket.create_connection(("127.0.0.1", running.port), timeout=5).close()
+
+
+@needs_ipv6
+def test_a_server_on_every_interface_takes_ipv4_clients_as_ipv4_addresses(make_config, serve, caplog):
+    """`::` is dual-stack: an IPv4 client is 127.0.0.1, not ::ffff:127.0.0.1, to the
+    per-address limit, the defender and the logs."""
+    caplog.set_level(logging.INFO, logger="ftpserver")
+    running = serve(make_config(listen={"host": "::"}, limits={"max_connections_per_address": 1}))
+    with (
+        Client("::1", running.port, timeout=5) as over_six,
+        Client("127.0.0.1", running.port, timeout=5) as over_four,
+    ):
+        assert over_six.ls("/") == over_four.ls("/")
+        with pytest.raises(BusyError, match="too many connections from your address"):
+            Client("127.0.0.1", running.port, timeout=5).__enter__()
+    assert re.search(r"connect 127\.0\.0\.1:\d+", caplog.text) and "::ffff:" not in caplog.text
