@@ -109,7 +109,7 @@ class Session(socketserver.BaseRequestHandler):
         self.stream.set_timeout(self.limits.idle_timeout)
         # A peer that stops inside its next request (or an eager put's data) still gets the
         # answers owed to the group: they and the names they claim are not held for a timeout.
-        self.stream.when_idle(GROUP_WAIT, self.flush)
+        self.stream.when_idle(GROUP_WAIT, self.answer_group)
         self.server.session_started(self)
         # A TLS session runs without a turn: its stream may wait in any call.
         self.turn = None if isinstance(self.request, ssl.SSLSocket) else self.server.turn
@@ -212,8 +212,13 @@ class Session(socketserver.BaseRequestHandler):
 
     @property
     def busy(self) -> bool:
-        """Inside an exchange, or owing answers: a stop waits for them."""
-        return bool(self.group) or self.conversation.state not in (State.IDLE, State.GREETING, State.CLOSED)
+        """Inside an exchange, or owing answers (a group waiting, or being committed): a
+        stop waits for them."""
+        return (
+            bool(self.group)
+            or bool(self.conversation.deferred)
+            or self.conversation.state not in (State.IDLE, State.GREETING, State.CLOSED)
+        )
 
     def receive(self, timeout: float, what: str) -> dict:
         """The client's next frame, recorded in the conversation; `timeout` for the whole frame."""
@@ -447,6 +452,16 @@ class Session(socketserver.BaseRequestHandler):
         self.conversation.defer()
         if not (eager and len(self.group) < GROUP_MAX and self.stream.ready()):
             self.flush()  # else the next request is here already: it may join the group
+
+    def answer_group(self) -> None:
+        """The group's commit and answers, while a read waits for the peer (`when_idle`).
+        An answer that cannot be written in time ends the session: the read it interrupts
+        must not take that for the peer's silence and answer `timeout` after half a frame."""
+        try:
+            self.flush()
+        except TimeoutError as exc:
+            self.conversation.close()
+            raise ConnectionAbortedError("the peer takes no answers") from exc
 
     def overlaps(self, path: str) -> bool:
         """Whether a put of `path` would touch a name a put in the group makes (the same

@@ -9,6 +9,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,53 @@ def test_a_peer_that_stops_midway_still_gets_the_answers_owed_to_the_group(serve
     assert stream.recv() == {"ok": True, "size": len(second), "md5": md5(second), "offset": 0}
     assert (server.root / "second").read_bytes() == second
     assert request(stream, "stat", path="first")["md5"] == md5(first)
+
+
+def test_answers_that_cannot_be_written_while_waiting_end_the_session_without_a_timeout_frame(
+    server, monkeypatch
+):
+    """A peer that reads no more answers: the write of the group's answers, made while the
+    server waits for the rest of a request, times out. The session ends there; it does not
+    take that for the peer's silence and append a `timeout` error to half a frame."""
+
+    def half_then_stuck(self, messages):
+        payload = b"".join(encode_frame(message) for message in messages)
+        self.sock.sendall(payload[: len(payload) // 2])
+        raise TimeoutError("timed out")  # what a write to a full socket ends in
+
+    monkeypatch.setattr(FrameStream, "send_many", half_then_stuck)
+    stream = connect(server.port)
+    data = os.urandom(3000)
+    stream.sock.sendall(eager_put("first", data) + eager_put("second", data)[:-100])
+    stream.sock.settimeout(5)
+    received = b""
+    while chunk := stream.sock.recv(65536):
+        received += chunk
+    assert received and b"timeout" not in received  # half an answer, then the end
+    assert (server.root / "first").read_bytes() == data  # committed before its answer went
+
+
+def test_a_stop_while_a_group_commits_lets_it_answer(server, monkeypatch):
+    """Between the group's last request and its answers the session is idle, but it owes
+    them: a stop waits for them (within shutdown_grace, 2 s here) rather than cutting it."""
+    committing, real = threading.Event(), LocalStorage.commit_group
+
+    def slow(self, group):
+        committing.set()
+        time.sleep(0.5)  # a disk that takes its time
+        return real(self, group)
+
+    monkeypatch.setattr(LocalStorage, "commit_group", slow)
+    stream = connect(server.port)
+    files = {f"s{i}": os.urandom(2000) for i in range(3)}
+    stream.sock.sendall(b"".join(eager_put(name, data) for name, data in files.items()))
+    assert committing.wait(5)
+    stopping = threading.Thread(target=server.server.stop, daemon=True)
+    stopping.start()
+    for data in files.values():
+        assert stream.recv()["md5"] == md5(data)
+    stopping.join(10)
+    assert all((server.root / name).read_bytes() == data for name, data in files.items())
 
 
 def test_a_put_over_the_folder_of_a_put_in_the_group_sees_that_folder(server):
