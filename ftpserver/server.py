@@ -306,7 +306,8 @@ class FileServer(socketserver.ThreadingTCPServer):
         old = self.config
         fixed = {
             "listen": (new.host, new.port) != (old.host, old.port),
-            "storage": (new.storage_root, new.storage_backend) != (old.storage_root, old.storage_backend),
+            "storage": (new.storage_root, new.storage_backend, new.s3)
+            != (old.storage_root, old.storage_backend, old.s3),
             "tls": (new.tls is None) != (old.tls is None),
             "limits.max_file_size": new.limits.max_file_size != old.limits.max_file_size,
             "metrics": new.metrics != old.metrics,
@@ -319,6 +320,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             port=old.port,
             storage_root=old.storage_root,
             storage_backend=old.storage_backend,
+            s3=old.s3,
             tls=old.tls,
             limits=dataclasses.replace(new.limits, max_file_size=old.limits.max_file_size),
             metrics=old.metrics,

@@ -345,6 +345,18 @@ def test_a_directory_rename_is_refused_above_its_limit_and_while_an_upload_runs_
 # -- a server on the s3 backend, through the client -------------------------------------------
 
 
+def test_a_reload_keeps_the_running_s3_settings_and_says_they_need_a_restart(
+    tmp_path, object_store, make_config, serve, caplog
+):
+    object_store.credentials_file(tmp_path)
+    prefix = f"s3-{uuid.uuid4().hex[:12]}/"
+    running = serve(make_config(storage=s3_section(object_store, prefix=prefix, part_size="5MiB")))
+    write_config(tmp_path, storage=s3_section(object_store, prefix=prefix, part_size="6MiB"))
+    assert running.server.reload()
+    assert "need a restart" in caplog.text and "storage" in caplog.text
+    assert running.server.config.s3 is not None and running.server.config.s3.part_size == 5 * MiB
+
+
 def test_a_server_on_s3_serves_the_client(tmp_path, object_store, make_config, serve):
     object_store.credentials_file(tmp_path)
     prefix = f"s3-{uuid.uuid4().hex[:12]}/"
