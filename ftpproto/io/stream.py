@@ -101,17 +101,19 @@ class FrameStream:
         there (a group commit), not only once the next request is complete."""
         self._idle = (after, callback)
 
-    def _idle_wait(self, deadline: float | None) -> None:
-        """Before a read waits: wait up to the idle delay, then call back if nothing came."""
+    def _idle_wait(self, deadline: float | None) -> bool:
+        """Before a read waits: wait up to the idle delay, and call back if nothing came.
+        True if something came (no further wait is needed)."""
         if self._idle is None:
-            return
+            return False
         after, callback = self._idle
         if self._tls and self.sock.pending():  # type: ignore[attr-defined]  # an ssl.SSLSocket
-            return
-        if not self._poll(
-            False, after if deadline is None else min(after, max(deadline - time.monotonic(), 0.0))
-        ):
-            callback()
+            return True
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if self._poll(False, after if left is None else min(after, left)):
+            return True
+        callback()
+        return False
 
     @property
     def buffered(self) -> bool:
@@ -158,10 +160,10 @@ class FrameStream:
     def _wait(self, writing: bool, deadline: float | None) -> None:
         """Wait, outside the turn, until the socket can be written (or read); else `TimeoutError`."""
         with paused(resume=False):
-            if not writing:
-                self._idle_wait(deadline)
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            ready = self._poll(writing, remaining)
+            ready = not writing and self._idle_wait(deadline)
+            if not ready:
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                ready = self._poll(writing, remaining)
         if not ready:
             raise TimeoutError("timed out")
 
