@@ -22,7 +22,7 @@ import yaml
 from ftpproto.paths import RESERVED_PREFIX
 from ftpproto.units import parse_size
 
-from .defender import DEFAULT_SCORES, DefenderConfig
+from .defender import DEFAULT_SCORES, DefenderConfig, Network
 from .hooks import EVENTS, Hook
 
 __all__ = [
@@ -114,6 +114,7 @@ class ServerConfig:
     s3: S3Settings | None = None  # with storage_backend "s3"; storage_root then holds per-node state
     defender: DefenderConfig = field(default_factory=DefenderConfig)
     tls: ssl.SSLContext | None = field(default=None, repr=False)
+    proxies: tuple[Network, ...] = ()  # balancers whose connections begin with a PROXY header
 
 
 class _Section:
@@ -236,8 +237,9 @@ def load_config(path: str | Path) -> ServerConfig:
     base = path.parent
 
     listen = top.section("listen")
-    listen.only("host", "port")
+    listen.only("host", "port", "proxies")
     host = listen.get("host", str, "127.0.0.1")
+    proxies = _networks(listen, "proxies")
     port = int(listen.number("port", 9999))
     if port > 65535:
         raise listen.error("port", "must be at most 65535")
@@ -296,7 +298,8 @@ def load_config(path: str | Path) -> ServerConfig:
         hooks=_hooks(top),
         storage_backend=backend,
         s3=s3,
-        defender=_defender(top),
+        defender=_defender(top, proxies),
+        proxies=proxies,
         tls=_tls_context(top.section("tls"), base) if top.data.get("tls") is not None else None,
     )
 
@@ -336,8 +339,17 @@ def _metrics(top: _Section) -> tuple[str, int] | None:
     return section.get("host", str, "127.0.0.1"), port
 
 
-def _defender(top: _Section) -> DefenderConfig:
-    """`defender: false`, or a mapping of the defender's settings (see defender.py)."""
+def _networks(section: _Section, key: str) -> tuple[Network, ...]:
+    """A list of addresses and networks (`10.0.0.5`, `10.0.0.0/24`, `2001:db8::/32`)."""
+    try:
+        return tuple(ipaddress.ip_network(str(net), strict=False) for net in section.get(key, list, []))
+    except ValueError as exc:
+        raise section.error(key, str(exc)) from None
+
+
+def _defender(top: _Section, proxies: tuple[Network, ...]) -> DefenderConfig:
+    """`defender: false`, or a mapping of the defender's settings (see defender.py). The
+    trusted proxies join its safelist: what comes from them as their own is a health check."""
     if top.data.get("defender") is False:
         return DefenderConfig(enabled=False)
     section = top.section("defender")
@@ -345,11 +357,7 @@ def _defender(top: _Section) -> DefenderConfig:
     default = DefenderConfig()
     scores = section.section("scores")
     scores.only(*DEFAULT_SCORES)
-    safelist = section.get("safelist", list, [])
-    try:
-        networks = tuple(ipaddress.ip_network(str(net), strict=False) for net in safelist)
-    except ValueError as exc:
-        raise section.error("safelist", str(exc)) from None
+    networks = _networks(section, "safelist") + proxies  # a balancer's own connections: health checks
     return DefenderConfig(
         enabled=section.get("enabled", bool, True),
         threshold=section.integer("threshold", default.threshold, 1),

@@ -27,9 +27,10 @@ from ftpproto.units import endpoint
 
 from .config import Account, ConfigError, ServerConfig, load_config
 from .defender import Defender, Event, source_of
-from .handler import Session
+from .handler import HANDSHAKE_TIMEOUT, Session
 from .hooks import Hooks
 from .metrics import open_metrics
+from .proxyproto import ProxyHeaderError, read_header
 from .storage import open_storage
 
 __all__ = ["FileServer", "version"]
@@ -165,27 +166,40 @@ class FileServer(socketserver.ThreadingTCPServer):
         """Accept; with TLS configured, wrap the socket (the session thread does the handshake)."""
         sock, address = super().get_request()
         address = peer_address(address)
-        if self.config.tls is not None:
+        if self.config.tls is not None and not self._from_proxy(address[0]):  # a proxy's header comes first
             sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
+
+    def _from_proxy(self, host: str) -> bool:
+        """Whether `host` is a trusted balancer, whose connections begin with a PROXY header."""
+        if not self.config.proxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        return any(ip.version == net.version and ip in net for net in self.config.proxies)
 
     def verify_request(self, request: Request, client_address: tuple) -> bool:
         request = _socket(request)
         limits = self.config.limits
         host = client_address[0]
-        if self._banned(request, host):
+        proxied = self._from_proxy(host)  # its client is judged once its header names it
+        if not proxied and self._banned(request, host):
             return False
         with self._lock:
             if self.stopping:
                 reason = "the server is shutting down"
             elif sum(self._per_address.values()) >= limits.max_connections:
                 reason = "the server is at its connection limit"
-            elif self._per_address[host] >= limits.max_connections_per_address:
+            elif not proxied and self._per_address[host] >= limits.max_connections_per_address:
                 reason = "too many connections from your address"
             else:
                 self._per_address[host] += 1
                 return True
         log.warning("refused %s: %s", endpoint(host, client_address[1]), reason)
+        if proxied and self.config.tls is not None:
+            return False  # unread header, no TLS yet: closed without a word
         if reason == "too many connections from your address":
             self.defender.record(host, Event.LIMIT_EXCEEDED)
         with self._lock:
@@ -224,14 +238,59 @@ class FileServer(socketserver.ThreadingTCPServer):
         super().shutdown_request(request)
 
     def process_request_thread(self, request: Request, client_address: tuple) -> None:
+        counted = client_address[0]
         try:
+            if self._from_proxy(counted):
+                try:
+                    request, named = self._through_proxy(_socket(request), client_address)
+                except Exception:
+                    self.handle_error(request, client_address)
+                    named = None
+                if named is None:
+                    self.shutdown_request(request)
+                    return
+                client_address, counted = named, named[0]
             super().process_request_thread(request, client_address)
         finally:
             with self._lock:
-                host = client_address[0]
-                self._per_address[host] -= 1
-                if self._per_address[host] <= 0:
-                    del self._per_address[host]
+                self._per_address[counted] -= 1
+                if self._per_address[counted] <= 0:
+                    del self._per_address[counted]
+
+    def _through_proxy(
+        self, request: socket.socket, proxy: tuple[str, int]
+    ) -> tuple[socket.socket, tuple[str, int] | None]:
+        """Read the PROXY header a trusted balancer sends first, then judge the client it
+        names as `verify_request` judges a direct one. Returns the request (wrapped for TLS
+        now, after the header) and the client's address, counted now under it; None for
+        the address when the connection is dropped or refused (it stays counted under
+        the balancer's). A header naming no client (a health check) keeps the balancer's
+        own address, which the defender's safelist holds."""
+        try:
+            named = read_header(request, min(self.config.limits.idle_timeout, HANDSHAKE_TIMEOUT))
+        except (ProxyHeaderError, OSError) as exc:  # OSError: TimeoutError, a reset
+            log.warning("dropped %s from the proxy: %s", endpoint(*proxy), exc)
+            return request, None
+        if self.config.tls is not None:
+            request = self.config.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        if named is None:
+            return request, proxy
+        client = peer_address(named)
+        host = client[0]
+        if self._banned(request, host):
+            return request, None
+        with self._lock:
+            if self._per_address[host] < self.config.limits.max_connections_per_address:
+                self._per_address[proxy[0]] -= 1
+                if self._per_address[proxy[0]] <= 0:
+                    del self._per_address[proxy[0]]
+                self._per_address[host] += 1
+                return request, client
+        reason = "too many connections from your address"
+        log.warning("refused %s (through %s): %s", endpoint(*client), endpoint(*proxy), reason)
+        self.defender.record(host, Event.LIMIT_EXCEEDED)
+        refuse(request, BusyError(reason), wait=1.0)
+        return request, None
 
     def handle_error(self, request: Request, client_address: tuple) -> None:
         log.exception("unexpected error with %s", endpoint(*client_address[:2]))

@@ -346,13 +346,14 @@ def object_store(tmp_path_factory):
 
 @pytest.fixture
 def balancer(tmp_path):
-    """`balancer(ports)` starts an HAProxy in TCP mode over the servers on `ports`."""
+    """`balancer(ports)` starts an HAProxy in TCP mode over the servers on `ports`;
+    `balancer(ports, send_proxy=True)` has it name each client in a PROXY v2 header."""
     from .services import start_haproxy
 
     started = []
 
-    def start(ports):
-        running = _needs(start_haproxy, tmp_path / f"haproxy{len(started)}", ports)
+    def start(ports, send_proxy=False):
+        running = _needs(start_haproxy, tmp_path / f"haproxy{len(started)}", ports, send_proxy)
         started.append(running)
         return running
 

@@ -241,18 +241,20 @@ class Balancer:
         stop_process(self.process)
 
 
-def start_haproxy(workdir: Path, backends: list[int]) -> Balancer:
+def start_haproxy(workdir: Path, backends: list[int], send_proxy: bool = False) -> Balancer:
     """HAProxy on a free port, balancing TCP connections over the servers on `backends`:
     round robin; a server that refuses connections, or does not greet its health check
-    with a sockftp hello, is skipped (docs/scale-out.md has the same settings)."""
+    with a sockftp hello, is skipped (docs/scale-out.md has the same settings). With
+    `send_proxy`, each connection, health checks too, begins with a PROXY v2 header."""
     haproxy = find_program("haproxy")
     workdir.mkdir(parents=True, exist_ok=True)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     stats_socket = workdir / "haproxy.sock"
+    proxy = " send-proxy-v2 check-send-proxy" if send_proxy else ""
     servers = "\n".join(
-        f"    server s{index} 127.0.0.1:{backend} check inter 300ms fall 1 rise 1"
+        f"    server s{index} 127.0.0.1:{backend}{proxy} check inter 300ms fall 1 rise 1"
         for index, backend in enumerate(backends)
     )
     config = f"""global
