@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ftpproto.units import endpoint, parse_size
 
+from . import systemd
 from .auth import hash_password
 from .config import (
     PERMISSIONS,
@@ -209,11 +210,15 @@ def serve(args: argparse.Namespace) -> int:
     )
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
+    systemd.notify("READY=1", f"STATUS=listening on {endpoint(*server.address)}")
     while not stop.wait(0.25):
         if reload.is_set():  # SIGHUP: read the config and users again, keep serving
             reload.clear()
+            systemd.reloading()
             server.reload(overrides)
+            systemd.notify("READY=1")
     log.info("stopping: no new connections; running transfers get %gs", config.limits.shutdown_grace)
+    systemd.notify("STOPPING=1")
     server.stop()
     log.info("stopped")
     return 0

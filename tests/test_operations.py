@@ -99,6 +99,42 @@ def test_a_changed_password_takes_effect_at_the_reload_though_the_old_one_was_re
     assert logs_in(server.port, "alice", "a new secret")
 
 
+def test_systemd_hears_when_the_server_is_ready_reloading_and_stopping(tmp_path, server_process):
+    """conf/sockftp.service is Type=notify: systemd counts the start done at READY=1 (sent
+    once the server listens), and follows reloads and the stop (sd_notify(3))."""
+    address = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(address))
+        systemd.settimeout(10)
+        server = server_process(write_config(tmp_path), env={**os.environ, "NOTIFY_SOCKET": str(address)})
+        ready = systemd.recv(4096).decode().split("\n")
+        assert ready == ["READY=1", f"STATUS=listening on 127.0.0.1:{server.port}"]
+        assert logs_in(server.port, "alice", "alice-pw")  # ready means serving
+        server.process.send_signal(signal.SIGHUP)
+        reloading = dict(line.split("=", 1) for line in systemd.recv(4096).decode().split("\n"))
+        assert reloading["RELOADING"] == "1"
+        assert abs(int(reloading["MONOTONIC_USEC"]) / 1e6 - time.monotonic()) < 10  # the same clock
+        assert systemd.recv(4096) == b"READY=1"  # reloaded
+        server.process.send_signal(signal.SIGTERM)
+        assert systemd.recv(4096) == b"STOPPING=1"
+        assert server.process.wait(10) == 0
+
+
+def test_without_systemd_nothing_is_sent_and_a_dead_socket_is_only_a_warning(tmp_path, monkeypatch, caplog):
+    from ftpserver import systemd
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert systemd.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert systemd.notify("READY=1") is False
+    assert "cannot notify systemd" in caplog.text
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as manager:
+        manager.bind("\0sockftp-test-" + tmp_path.name)  # the abstract namespace, written @name
+        monkeypatch.setenv("NOTIFY_SOCKET", "@sockftp-test-" + tmp_path.name)
+        assert systemd.notify("STATUS=x") is True
+        assert manager.recv(100) == b"STATUS=x"
+
+
 def test_a_broken_users_file_is_refused_and_the_old_users_stay(tmp_path, server_process):
     config = write_config(tmp_path)
     server = server_process(config)
