@@ -340,11 +340,20 @@ def _metrics(top: _Section) -> tuple[str, int] | None:
 
 
 def _networks(section: _Section, key: str) -> tuple[Network, ...]:
-    """A list of addresses and networks (`10.0.0.5`, `10.0.0.0/24`, `2001:db8::/32`)."""
-    try:
-        return tuple(ipaddress.ip_network(str(net), strict=False) for net in section.get(key, list, []))
-    except ValueError as exc:
-        raise section.error(key, str(exc)) from None
+    """A list of addresses and networks (`10.0.0.5`, `10.0.0.0/24`, `2001:db8::/32`). An
+    IPv4-mapped one (`::ffff:10.0.0.5`) is taken as the IPv4 it maps: that is how the
+    server sees an IPv4 peer, on a dual-stack listener too."""
+    networks: list[Network] = []
+    for entry in section.get(key, list, []):
+        try:
+            net = ipaddress.ip_network(str(entry), strict=False)
+        except ValueError as exc:
+            raise section.error(key, str(exc)) from None
+        mapped = net.network_address.ipv4_mapped if isinstance(net, ipaddress.IPv6Network) else None
+        if mapped is not None and net.prefixlen >= 96:
+            net = ipaddress.IPv4Network(f"{mapped}/{net.prefixlen - 96}")
+        networks.append(net)
+    return tuple(networks)
 
 
 def _defender(top: _Section, proxies: tuple[Network, ...]) -> DefenderConfig:

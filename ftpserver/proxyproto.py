@@ -34,27 +34,32 @@ class ProxyHeaderError(ValueError):
     """The connection does not begin with a well-formed PROXY protocol header."""
 
 
-def parse_v1(line: bytes) -> Address | None:
-    """The client's (address, port) from a v1 line (with its CRLF); None for `UNKNOWN`
-    (the balancer's own connection, a health check)."""
+def parse_v1(line: bytes) -> Address:
+    """The client's (address, port) from a v1 line (with its CRLF). `UNKNOWN` is refused:
+    a balancer sends it for a client it cannot name, whom nothing here could then judge."""
     if not line.startswith(V1_PREFIX) or not line.endswith(b"\r\n") or len(line) > V1_MAX:
         raise ProxyHeaderError("not a PROXY protocol v1 line")
     fields = line[len(V1_PREFIX) : -2].split(b" ")
     if fields[0] == b"UNKNOWN":
-        return None
+        raise ProxyHeaderError("the balancer names no client (UNKNOWN)")
     if len(fields) != 5 or fields[0] not in (b"TCP4", b"TCP6"):
         raise ProxyHeaderError("a v1 line must be TCP4 or TCP6 with two addresses and two ports")
     version = 4 if fields[0] == b"TCP4" else 6
     try:
-        source = ipaddress.ip_address(fields[1].decode("ascii"))
-        ipaddress.ip_address(fields[2].decode("ascii"))
+        source, destination = (_address(field) for field in fields[1:3])
         port = _port(fields[3])
         _port(fields[4])
     except (UnicodeDecodeError, ValueError):
         raise ProxyHeaderError("a v1 line with a malformed address or port") from None
-    if source.version != version:
-        raise ProxyHeaderError(f"a TCP{version} line with an IPv{source.version} address")
+    if source.version != version or destination.version != version:
+        raise ProxyHeaderError(f"a TCP{version} line with an address that is not IPv{version}")
     return str(source), port
+
+
+def _address(text: bytes) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    if b"%" in text:  # a scope: not an address a client on the network can have
+        raise ValueError(text)
+    return ipaddress.ip_address(text.decode("ascii"))
 
 
 def _port(text: bytes) -> int:
@@ -64,8 +69,9 @@ def _port(text: bytes) -> int:
 
 
 def parse_v2(header: bytes) -> Address | None:
-    """The client's (address, port) from a whole v2 header; None for a `LOCAL` command or
-    an address family other than TCP over IPv4 or IPv6 (the balancer's own connection)."""
+    """The client's (address, port) from a whole v2 header; None for the `LOCAL` command
+    (the balancer's own connection: a health check). A `PROXY` command for anything but
+    TCP over IPv4 or IPv6 is refused: it names no client that could be judged."""
     if len(header) < 16 or not header.startswith(V2_SIGNATURE):
         raise ProxyHeaderError("not a PROXY protocol v2 header")
     version_command, family, length = struct.unpack("!BBH", header[12:16])
@@ -73,8 +79,10 @@ def parse_v2(header: bytes) -> Address | None:
         raise ProxyHeaderError("a v2 header with an unknown version or command")
     if len(header) != 16 + length:
         raise ProxyHeaderError("a v2 header whose length does not match")
-    if version_command & 0xF == 0 or family not in _V2_ADDRESSES:
-        return None  # LOCAL, or UNSPEC/UDP/UNIX: the connection's own endpoints stand
+    if version_command & 0xF == 0:
+        return None  # LOCAL: whatever the family, the connection's own endpoints stand
+    if family not in _V2_ADDRESSES:
+        raise ProxyHeaderError(f"a v2 header for no TCP client (family 0x{family:02x})")
     kind, size = _V2_ADDRESSES[family]
     if length < 2 * size + 4:
         raise ProxyHeaderError("a v2 header too short for its addresses")
@@ -88,21 +96,29 @@ def read_header(sock: socket.socket, timeout: float) -> Address | None:
     stay unread. Returns what `parse_v1`/`parse_v2` do; raises `ProxyHeaderError` for
     anything else, `TimeoutError` if it is not all there within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    start = _peek(sock, 5, deadline)
-    if start == V1_PREFIX[:5]:
-        seen = start
-        while (end := seen.find(b"\r\n")) < 0:
-            if len(seen) >= V1_MAX:
-                raise ProxyHeaderError("a v1 line longer than 107 bytes")
-            seen = _peek(sock, V1_MAX, deadline, at_least=len(seen) + 1)
-        return parse_v1(_take(sock, end + 2, deadline))
-    if start == V2_SIGNATURE[:5]:
-        fixed = _take(sock, 16, deadline)
-        (length,) = struct.unpack("!H", fixed[14:16])
-        if not fixed.startswith(V2_SIGNATURE) or length > V2_MAX:
-            raise ProxyHeaderError("not a PROXY protocol v2 header, or one too long")
-        return parse_v2(fixed + _take(sock, length, deadline))
-    raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
+    start = _take(sock, 16, deadline)  # a v2 header's fixed part; less than any v1 line naming a client
+    if start.startswith(V2_SIGNATURE):
+        (length,) = struct.unpack("!H", start[14:16])
+        if length > V2_MAX:
+            raise ProxyHeaderError(f"a v2 header of {length} bytes, over the {V2_MAX} taken")
+        return parse_v2(start + _take(sock, length, deadline))
+    if not start.startswith(V1_PREFIX):
+        raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
+    if b"\r\n" in start:  # shorter than any line naming a client (PROXY UNKNOWN)
+        return parse_v1(start[: start.index(b"\r\n") + 2])
+    line = start
+    # The balancer writes the line at once: one look ahead finds its end, and only a line
+    # that came in pieces is read a byte at a time.
+    sock.settimeout(_left(deadline))
+    ahead = sock.recv(V1_MAX - len(line), socket.MSG_PEEK)
+    end = (line + ahead).find(b"\r\n")
+    if 0 <= end < V1_MAX:
+        line += _take(sock, end + 2 - len(line), deadline)
+    while not line.endswith(b"\r\n"):
+        if len(line) >= V1_MAX:
+            raise ProxyHeaderError("a v1 line longer than 107 bytes")
+        line += _take(sock, 1, deadline)
+    return parse_v1(line)
 
 
 def _left(deadline: float) -> float:
@@ -110,20 +126,6 @@ def _left(deadline: float) -> float:
     if left <= 0:
         raise TimeoutError("no complete PROXY protocol header in time")
     return left
-
-
-def _peek(sock: socket.socket, count: int, deadline: float, at_least: int | None = None) -> bytes:
-    """Up to `count` bytes at the start of the stream, left there; waits until `at_least`
-    (default `count`) have come, or the peer has closed (then raises)."""
-    need = count if at_least is None else at_least
-    while True:
-        sock.settimeout(_left(deadline))
-        seen = sock.recv(count, socket.MSG_PEEK)
-        if not seen:
-            raise ProxyHeaderError("the connection closed before its PROXY protocol header")
-        if len(seen) >= need:
-            return seen
-        time.sleep(0.01)  # a peek returns at once while anything is there: wait for more
 
 
 def _take(sock: socket.socket, count: int, deadline: float) -> bytes:

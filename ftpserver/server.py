@@ -117,6 +117,7 @@ class FileServer(socketserver.ThreadingTCPServer):
         self._per_address: collections.Counter[str] = collections.Counter()
         self._rates: dict[str, RateLimiter] = {}
         self._refusing: set[socket.socket] = set()
+        self._awaiting_header: set[socket.socket] = set()  # from a proxy, its PROXY header unread
         self._cleaner = threading.Event()
         self.address_family = address_family(config.host)
         super().__init__((config.host, config.port), Session)
@@ -166,7 +167,10 @@ class FileServer(socketserver.ThreadingTCPServer):
         """Accept; with TLS configured, wrap the socket (the session thread does the handshake)."""
         sock, address = super().get_request()
         address = peer_address(address)
-        if self.config.tls is not None and not self._from_proxy(address[0]):  # a proxy's header comes first
+        if self._from_proxy(address[0]):  # decided once: its header first, then TLS
+            with self._lock:
+                self._awaiting_header.add(sock)
+        elif self.config.tls is not None:
             sock = self.config.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, address
 
@@ -184,7 +188,8 @@ class FileServer(socketserver.ThreadingTCPServer):
         request = _socket(request)
         limits = self.config.limits
         host = client_address[0]
-        proxied = self._from_proxy(host)  # its client is judged once its header names it
+        with self._lock:
+            proxied = request in self._awaiting_header  # its client is judged once the header names it
         if not proxied and self._banned(request, host):
             return False
         with self._lock:
@@ -197,6 +202,7 @@ class FileServer(socketserver.ThreadingTCPServer):
             else:
                 self._per_address[host] += 1
                 return True
+            self._awaiting_header.discard(request)
         log.warning("refused %s: %s", endpoint(host, client_address[1]), reason)
         if proxied and self.config.tls is not None:
             return False  # unread header, no TLS yet: closed without a word
@@ -233,64 +239,74 @@ class FileServer(socketserver.ThreadingTCPServer):
 
     def shutdown_request(self, request: Request) -> None:
         with self._lock:
+            self._awaiting_header.discard(_socket(request))
             if request in self._refusing:
                 return  # its refusal thread closes it
         super().shutdown_request(request)
 
     def process_request_thread(self, request: Request, client_address: tuple) -> None:
-        counted = client_address[0]
+        counted: str | None = client_address[0]  # the address this connection is counted under
         try:
-            if self._from_proxy(counted):
+            with self._lock:
+                proxied = request in self._awaiting_header
+            if proxied:
                 try:
-                    request, named = self._through_proxy(_socket(request), client_address)
+                    request, named, counted = self._through_proxy(_socket(request), client_address)
                 except Exception:
                     self.handle_error(request, client_address)
                     named = None
                 if named is None:
                     self.shutdown_request(request)
                     return
-                client_address, counted = named, named[0]
+                client_address = named
             super().process_request_thread(request, client_address)
         finally:
-            with self._lock:
-                self._per_address[counted] -= 1
-                if self._per_address[counted] <= 0:
-                    del self._per_address[counted]
+            if counted is not None:
+                with self._lock:
+                    self._per_address[counted] -= 1
+                    if self._per_address[counted] <= 0:
+                        del self._per_address[counted]
 
     def _through_proxy(
         self, request: socket.socket, proxy: tuple[str, int]
-    ) -> tuple[socket.socket, tuple[str, int] | None]:
+    ) -> tuple[socket.socket, tuple[str, int] | None, str | None]:
         """Read the PROXY header a trusted balancer sends first, then judge the client it
         names as `verify_request` judges a direct one. Returns the request (wrapped for TLS
-        now, after the header) and the client's address, counted now under it; None for
-        the address when the connection is dropped or refused (it stays counted under
-        the balancer's). A header naming no client (a health check) keeps the balancer's
-        own address, which the defender's safelist holds."""
+        now, after the header), the client's address (None: dropped or refused) and the
+        address the connection is now counted under (None: no longer counted). A header
+        naming no client (a health check's LOCAL) keeps the balancer's own address, which
+        the defender's safelist holds."""
         try:
             named = read_header(request, min(self.config.limits.idle_timeout, HANDSHAKE_TIMEOUT))
-        except (ProxyHeaderError, OSError) as exc:  # OSError: TimeoutError, a reset
+        except (ProxyHeaderError, OSError) as exc:  # OSError: TimeoutError, a reset, stop()
             log.warning("dropped %s from the proxy: %s", endpoint(*proxy), exc)
-            return request, None
+            return request, None, proxy[0]
+        finally:
+            with self._lock:
+                self._awaiting_header.discard(request)
+        if self.stopping:
+            return request, None, proxy[0]
         if self.config.tls is not None:
             request = self.config.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
         if named is None:
-            return request, proxy
+            return request, proxy, proxy[0]
         client = peer_address(named)
         host = client[0]
         if self._banned(request, host):
-            return request, None
+            return request, None, proxy[0]
         with self._lock:
+            self._per_address[proxy[0]] -= 1
+            if self._per_address[proxy[0]] <= 0:
+                del self._per_address[proxy[0]]
             if self._per_address[host] < self.config.limits.max_connections_per_address:
-                self._per_address[proxy[0]] -= 1
-                if self._per_address[proxy[0]] <= 0:
-                    del self._per_address[proxy[0]]
                 self._per_address[host] += 1
-                return request, client
+                return request, client, host
         reason = "too many connections from your address"
         log.warning("refused %s (through %s): %s", endpoint(*client), endpoint(*proxy), reason)
         self.defender.record(host, Event.LIMIT_EXCEEDED)
-        refuse(request, BusyError(reason), wait=1.0)
-        return request, None
+        if self.config.tls is None:  # one non-blocking send; with TLS it would need a handshake
+            refuse(request, BusyError(reason))
+        return request, None, None
 
     def handle_error(self, request: Request, client_address: tuple) -> None:
         log.exception("unexpected error with %s", endpoint(*client_address[:2]))
@@ -418,6 +434,11 @@ class FileServer(socketserver.ThreadingTCPServer):
             if not session.busy:
                 with contextlib.suppress(OSError):
                     session.request.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            awaiting = list(self._awaiting_header)
+        for sock in awaiting:  # no session yet: its header is read, then it is dropped
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + self.config.limits.shutdown_grace
         while self._sessions and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -43,11 +43,9 @@ def v2(client: str | None, port: int = 51234, command: int = 1, tlvs: bytes = b"
     return V2_SIGNATURE + struct.pack("!BBH", 0x20 | command, family, len(body)) + body
 
 
-def test_v1_lines_name_the_client_and_unknown_names_none():
+def test_v1_lines_name_the_client():
     assert parse_v1(v1("192.0.2.7")) == ("192.0.2.7", 51234)
     assert parse_v1(v1("2001:db8::7", 1)) == ("2001:db8::7", 1)
-    assert parse_v1(b"PROXY UNKNOWN\r\n") is None
-    assert parse_v1(b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n") is None
 
 
 @pytest.mark.parametrize(
@@ -63,19 +61,23 @@ def test_v1_lines_name_the_client_and_unknown_names_none():
         b"PROXY UDP4 192.0.2.7 127.0.0.1 1 2\r\n",
         b"PROXY TCP4 192.0.2.7 127.0.0.1 1 2\n",
         b"PROXY TCP4 " + b"1" * 100 + b"\r\n",
+        b"PROXY TCP4 192.0.2.7 ::1 1 2\r\n",  # the destination disagrees
+        b"PROXY TCP6 2001:db8::7%\x1b[31mX ::1 1 2\r\n",  # a scope: control bytes for the logs
+        b"PROXY UNKNOWN\r\n",  # no client named: nobody to judge
+        b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
     ],
 )
-def test_a_malformed_v1_line_is_refused(line):
+def test_a_malformed_or_anonymous_v1_line_is_refused(line):
     with pytest.raises(ProxyHeaderError):
         parse_v1(line)
 
 
-def test_v2_headers_name_the_client_and_local_or_unspecified_name_none():
+def test_v2_headers_name_the_client_and_local_names_none():
     assert parse_v2(v2("192.0.2.7")) == ("192.0.2.7", 51234)
     assert parse_v2(v2("2001:db8::7", 7)) == ("2001:db8::7", 7)
     assert parse_v2(v2("192.0.2.7", tlvs=b"\x04\x00\x01x")) == ("192.0.2.7", 51234)  # TLVs skipped
     assert parse_v2(v2("192.0.2.7", command=0)) is None  # LOCAL: a health check
-    assert parse_v2(v2(None)) is None  # UNSPEC
+    assert parse_v2(v2(None, command=0)) is None
 
 
 @pytest.mark.parametrize(
@@ -87,6 +89,10 @@ def test_v2_headers_name_the_client_and_local_or_unspecified_name_none():
         V2_SIGNATURE + struct.pack("!BBH", 0x22, 0x11, 12) + bytes(12),  # command 2
         V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x11, 8) + bytes(8),  # too short for IPv4
         b"\r\n\r\n\x00\r\nQUIX\n" + v2("192.0.2.7")[12:],
+        v2(None),  # PROXY for an unspecified family: no client named
+        V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x12, 12) + bytes(12),  # UDP over IPv4
+        V2_SIGNATURE + struct.pack("!BBH", 0x21, 0x31, 216) + bytes(216),  # a UNIX socket
+        V2_SIGNATURE + struct.pack("!BBH", 0x21, 0xFF, 12) + bytes(12),
     ],
 )
 def test_a_malformed_v2_header_is_refused(header):
@@ -102,15 +108,27 @@ def test_the_header_is_read_exactly_and_the_bytes_after_it_stay(tmp_path):
             assert read_header(ours, 5) == ("192.0.2.7", 51234)
             assert ours.recv(100) == b"the client's first bytes"
     ours, theirs = socket.socketpair()
-    with ours, theirs:  # a v1 line in pieces: too late, then whole after a wait
+    with ours, theirs:  # a v1 line in pieces: read whole once the rest comes
         theirs.sendall(b"PROXY TCP4 192.0")
+        threading.Timer(0.2, theirs.sendall, [b".2.7 127.0.0.1 1 2"]).start()
+        threading.Timer(0.4, theirs.sendall, [b"\r\nafter"]).start()
+        assert read_header(ours, 5) == ("192.0.2.7", 1)
+        assert ours.recv(100) == b"after"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:  # ... or not in time
+        theirs.sendall(b"PROXY TCP4 192.0.2.7")
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             read_header(ours, 0.3)
         assert time.monotonic() - started < 2
-        threading.Timer(0.2, theirs.sendall, [b".2.7 127.0.0.1 1 2\r\nafter"]).start()
-        assert read_header(ours, 5) == ("192.0.2.7", 1)
-        assert ours.recv(100) == b"after"
+    ours, theirs = socket.socketpair()
+    with ours, theirs:  # a peer that closes half way is not waited for
+        theirs.sendall(b"PROXY TCP4 192.0.2.7 127")
+        theirs.shutdown(socket.SHUT_WR)
+        started = time.monotonic()
+        with pytest.raises(ProxyHeaderError, match="closed"):
+            read_header(ours, 5)
+        assert time.monotonic() - started < 1
     ours, theirs = socket.socketpair()
     with ours, theirs:
         theirs.sendall(b"HELLO there, not a header\r\n")
@@ -177,15 +195,17 @@ def test_limits_and_bans_judge_the_named_client_not_the_balancer(make_config, se
     assert running.server.session_count == 0 and not running.server._per_address, running.server._per_address
 
 
-@pytest.mark.parametrize("header", [v2("192.0.2.7", command=0), b"PROXY UNKNOWN\r\n"])
-def test_a_health_check_names_no_client_and_gets_the_greeting(make_config, serve, header):
+def test_a_health_check_names_no_client_and_gets_the_greeting(make_config, serve):
     running = behind_proxy(make_config, serve)
-    stream = through(running, header)
+    stream = through(running, v2("192.0.2.7", command=0))  # LOCAL, as HAProxy's v2 checks send
     with stream.sock:
         assert stream.recv()["type"] == "hello"
 
 
-@pytest.mark.parametrize("opening", [b"", b"HELLO\r\n", b"PROXY TCP4 nonsense\r\n", V2_SIGNATURE + b"\x21"])
+@pytest.mark.parametrize(
+    "opening",
+    [b"", b"HELLO, not a header\r\n", b"PROXY TCP4 nonsense here\r\n", V2_SIGNATURE + b"\x21", v2(None)],
+)
 def test_a_balancer_connection_without_a_sound_header_is_dropped_unanswered(
     make_config, serve, opening, caplog
 ):
@@ -267,3 +287,41 @@ def test_behind_a_real_haproxy_the_server_sees_the_client_it_names(make_config, 
         assert stream.recv()["ok"] is True
     assert re.search(r"connect 127\.0\.0\.3:\d+", caplog.text), caplog.text
     assert "dropped" not in caplog.text
+
+
+def test_clients_refused_through_the_balancer_leave_room_for_the_others(make_config, serve):
+    """A client over its per-address limit is refused after its header, no longer counted:
+    a flood of them cannot fill max_connections for everyone else."""
+    running = behind_proxy(
+        make_config, serve, limits={"max_connections": 3, "max_connections_per_address": 1}
+    )
+    held = through(running, v1("192.0.2.66"))
+    assert held.recv()["type"] == "hello"
+    for attempt in range(6):
+        refused = through(running, v1("192.0.2.66", 1000 + attempt))
+        with refused.sock:
+            assert "too many connections" in refused.recv()["message"]
+    other = through(running, v1("192.0.2.9"))
+    with other.sock, held.sock:
+        assert other.recv()["type"] == "hello"
+        assert running.server._per_address == {"192.0.2.66": 1, "192.0.2.9": 1}
+
+
+def test_a_stop_drops_a_connection_still_waiting_for_its_header(make_config, serve):
+    running = behind_proxy(make_config, serve, limits={"idle_timeout": 30, "shutdown_grace": 2})
+    sock = socket.create_connection(("127.0.0.1", running.port), timeout=5)
+    with sock:
+        sock.sendall(b"PROXY TCP4 192.0")  # and nothing more
+        assert wait_until(lambda: running.server._awaiting_header, 5)
+        started = time.monotonic()
+        running.server.stop()
+        assert time.monotonic() - started < 2  # not held by the header's 10 s
+        assert sock.recv(100) == b""  # closed, never greeted
+    assert running.server.session_count == 0 and not running.server._per_address
+
+
+def test_an_ipv4_mapped_proxies_entry_means_the_ipv4_address(make_config):
+    config = make_config(
+        listen={"host": "::", "port": 0, "proxies": ["::ffff:10.0.0.5", "::ffff:10.1.0.0/112"]}
+    )
+    assert [str(net) for net in config.proxies] == ["10.0.0.5/32", "10.1.0.0/16"]
