@@ -143,6 +143,7 @@ class Session(socketserver.BaseRequestHandler):
                     log.warning("anonymous home unusable: %s", exc.message)
                     self.send_error(exc)
                     return
+                self.check_turns()
             self.reply(self.greeting(), Event.HELLO)
             while not self.server.stopping and self.serve_one():
                 if self.turn is not None:
@@ -154,6 +155,13 @@ class Session(socketserver.BaseRequestHandler):
         log.info(
             "disconnect %s after %.1fs", self.peer, seconds, extra=self.fields("disconnect", seconds=seconds)
         )
+
+    def check_turns(self) -> None:
+        """Take no more turns if the account's home may wait for a network (an NFS or FUSE
+        mount below a local storage root): the others would wait as long."""
+        if self.turn is not None and self.account is not None and not self.storage.turns_for(self.account):
+            self.turn.leave()
+            self.turn = None
 
     def take_turns(self, turn: Turn) -> None:
         """Hold the turn through a run of requests read already. A read that waits for
@@ -331,6 +339,7 @@ class Session(socketserver.BaseRequestHandler):
         if not self.server.user_session_started(account):
             raise BusyError(f"user {user!r} has {account.max_sessions} sessions open already")
         self.account, self.logged_in = account, True
+        self.check_turns()
         self.server.defender.logged_in(host)
         log.info(
             "login %s user=%r permissions=%s",

@@ -513,3 +513,27 @@ def test_ready_sees_a_waiting_frame_on_a_descriptor_above_1023():
         ours.close()
         theirs.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_home_on_a_network_filesystem_takes_no_turns(make_config, serve, monkeypatch):
+    """Turns are decided per home too: a home that is an NFS mount below a local storage
+    root (here: alice's, as the filesystem check reports it) makes its sessions leave."""
+    from ftpserver.storage import local
+
+    real = local.on_local_disk
+
+    def alice_on_nfs(fd: int) -> bool:
+        return not os.readlink(f"/proc/self/fd/{fd}").endswith("/alice") and real(fd)
+
+    monkeypatch.setattr(local, "on_local_disk", alice_on_nfs)
+    running = serve(make_config())
+    if running.server.turn is None:
+        pytest.skip("the storage is not on a local disk's filesystem: no turns")
+    sessions: list = []
+    original = running.server.session_started
+    running.server.session_started = lambda s: (sessions.append(s), original(s))  # type: ignore[method-assign]
+    with Client("127.0.0.1", running.port) as anonymous:
+        anonymous.ls("/")
+    with Client("127.0.0.1", running.port, user="alice", password="alice-pw") as alice:
+        alice.ls("/")
+    assert [session.turn for session in sessions] == [running.server.turn, None]

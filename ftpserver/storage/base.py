@@ -97,6 +97,10 @@ class Storage(Protocol):
     def ensure_home(self, account: Account) -> None:
         """Create the account's home if it is missing, and start counting its usage."""
 
+    def turns_for(self, account: Account) -> bool:
+        """Whether a session in the account's home may hold its turn: `turns`, unless the
+        home itself may wait for a network (a network mount below a local root)."""
+
     def list(self, account: Account, path: str, md5: bool = False) -> tuple[str, list[dict]]:
         """The canonical path and its entries sorted by name (one entry for a file). With
         `md5` (the ls-md5 extension), a file's entry carries its `md5` if the backend

@@ -440,6 +440,7 @@ class LocalStorage:
         self._removing: set[tuple[int, int]] = set()  # directories an `rm` is emptying
         self._pool: ThreadPoolExecutor | None = None  # fsyncs of group commits, made when first needed
         self._homes: dict[Path, tuple[str, ...]] = {}  # each home's parts below the root
+        self._home_turns: dict[tuple[str, ...], bool] = {}  # whether each home's filesystem allows turns
         for home in count_usage_of:
             self.usage.track(home.relative_to(self.root).parts)
 
@@ -586,6 +587,21 @@ class LocalStorage:
             os.close(open_home(self._root_fd, self._home(account), create=True))
         if account.quota is not None:
             self.usage.track(self._home(account))
+
+    def turns_for(self, account: Account) -> bool:
+        home = self._home(account)
+        allowed = self._home_turns.get(home)
+        if allowed is None and self.turns:
+            try:
+                fd = open_home(self._root_fd, home)
+            except (OSError, ProtocolError):
+                return False  # not there yet: asked again after ensure_home()
+            try:
+                allowed = on_local_disk(fd)  # once per home: a mount that comes later needs a restart
+            finally:
+                os.close(fd)
+            self._home_turns[home] = allowed
+        return bool(allowed) and self.turns
 
     def _count(self, home: tuple[str, ...]) -> int:
         try:

@@ -1083,6 +1083,9 @@ class S3Storage:
 
     # -- Storage: reading ----------------------------------------------------------------
 
+    def turns_for(self, account: Account) -> bool:
+        return False
+
     def ensure_home(self, account: Account) -> None:
         home = self._home(account)
         if home and home not in self._homes_made:
