@@ -7,7 +7,8 @@
 
 Remote commands: cd, pwd, ls, get, put, mget, mput, mkdir, rm, mv (rename), df;
 local ones: lcd, lpwd, lls; and help, exit. Names complete with Tab (remote ones,
-local ones for put, mput, lcd and lls), spaces and quotes escaped with a backslash;
+local ones for put, mput, lcd and lls), spaces and quotes escaped with a backslash,
+or inside the quote a word was begun with;
 history is kept in `$XDG_STATE_HOME/sockftp/history` (`~/.local/state/...`).
 Errors are printed as one line and the session goes on; Ctrl-C stops the
 command under way (a transfer keeps what it moved, and the same get or put
@@ -24,7 +25,6 @@ import fnmatch
 import glob
 import os
 import posixpath
-import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -334,11 +334,17 @@ class Shell(cmd.Cmd):
 
     def _complete(self, names: Callable[[str], list[str]], line: str, begidx: int, endidx: int) -> list[str]:
         """What readline should put in place of line[begidx:endidx]: the names that complete
-        the whole word there, escaped, less what of the word stands before `begidx` (readline
-        breaks words at every space, even an escaped one)."""
-        start = _word_start(line, begidx)
+        the whole word there, written as the word began (in quotes, or with backslashes),
+        less what of the word stands before `begidx` (readline breaks words at every space,
+        even an escaped or quoted one)."""
+        start, quote = _word_start(line, endidx)
         typed = line[start:begidx]
-        completions = [_escape(name) for name in names(_unescape(line[start:endidx]))]
+        word = _unquote(line[start:endidx], quote)
+        if word is None:
+            return []
+        completions = [
+            _render(name, quote if line[start : start + 1] == quote else None) for name in names(word)
+        ]
         return [name[len(typed) :] for name in completions if name.startswith(typed)]
 
     def completedefault(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
@@ -360,21 +366,47 @@ def _escape(name: str) -> str:
     return "".join("\\" + c if c in _ESCAPED else c for c in name)
 
 
-def _unescape(word: str) -> str:
-    return re.sub(r"\\(.)", r"\1", word).removesuffix("\\")
+def _render(name: str, quote: str | None) -> str:
+    """`name` as one word: in the quote the word was begun with (a folder's left open, so the
+    path can go on), else with backslashes."""
+    if quote is None or quote in name or (quote == '"' and "\\" in name):
+        return _escape(name)
+    return quote + name + ("" if name.endswith("/") else quote)
 
 
-def _word_start(line: str, end: int) -> int:
-    """Where the word that `end` is in starts: after the last space not escaped by a backslash."""
-    start, index = 0, 0
+def _unquote(word: str, quote: str | None) -> str | None:
+    """What the shell would make of a word being typed (an open quote closed, a trailing
+    backslash dropped); None if it cannot be one word."""
+    if quote is not None:
+        word += quote
+    elif word.endswith("\\") and not word.endswith("\\\\"):
+        word = word[:-1]
+    try:
+        parts = shlex.split(word)
+    except ValueError:
+        return None
+    return parts[0] if len(parts) == 1 else "" if not parts else None
+
+
+def _word_start(line: str, end: int) -> tuple[int, str | None]:
+    """Where the word that `end` is in starts (after the last space neither escaped by a
+    backslash nor inside quotes), and the quote still open at `end`, if any."""
+    start, index, quote = 0, 0, None
     while index < end:
-        if line[index] == "\\":
-            index += 2
-            continue
-        if line[index] in " \t":
+        char = line[index]
+        if quote is not None:
+            if char == quote:
+                quote = None
+            elif char == "\\" and quote == '"':
+                index += 1
+        elif char == "\\":
+            index += 1
+        elif char in "'\"":
+            quote = char
+        elif char in " \t":
             start = index + 1
         index += 1
-    return start
+    return start, quote
 
 
 def _words(arg: str) -> list[str]:

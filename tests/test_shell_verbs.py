@@ -58,7 +58,7 @@ def test_local_commands_and_globs_both_ways(server, tmp_path):
     assert any(line.startswith("f ") and "B  " in line and line.endswith("renamed.txt") for line in out)
 
 
-def test_tab_completion_escapes_spaces(server, tmp_path):
+def test_tab_completion_escapes_spaces_or_keeps_the_quote_begun(server, tmp_path):
     (server.root / "my file.txt").write_text("x")
     (server.root / "my dir").mkdir()
     (tmp_path / "local file.bin").write_text("y")
@@ -70,6 +70,12 @@ def test_tab_completion_escapes_spaces(server, tmp_path):
         shell.lcwd = tmp_path
         assert shell.complete_put("loc", "put loc", 4, 7) == ["local\\ file.bin"]
         assert shell.complete_lcd("", "lcd local\\ ", 11, 11) == ["file.bin"]
+        # A word begun in quotes is completed in them, a folder's left open to go on.
+        assert sorted(shell.completedefault('"my', 'get "my', 4, 7)) == ['"my dir/', '"my file.txt"']
+        assert shell.completedefault("fi", 'get "my fi', 8, 10) == ['file.txt"']
+        assert sorted(shell.completedefault("'my", "get 'my", 4, 7)) == ["'my dir/", "'my file.txt'"]
+        assert shell.complete_put("fi", "put 'local fi", 11, 13) == ["file.bin'"]
+        assert shell.completedefault("x", 'get "my" "x', 9, 11) == []  # nothing of that name
 
 
 def test_ctrl_c_in_a_transfer_keeps_the_partial_and_the_session(server, tmp_path, monkeypatch):
