@@ -205,7 +205,7 @@ class Client:
         except (ConnectionError, TimeoutError) as exc:
             raise HandshakeError(
                 f"no greeting from {endpoint(self.host, self.port)} ({exc.__class__.__name__}); "
-                "if the server uses TLS, connect with TLS"
+                "if the server uses TLS, connect with TLS; if it sits behind a balancer, connect through it"
             ) from exc
         except ProtocolError as exc:
             raise HandshakeError(

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftpproto.units import host_of
+
 from .environment import config_dir_of, expand_home
 
 __all__ = ["Settings", "SettingsError", "config_path", "resolve_settings"]
@@ -169,7 +171,7 @@ def resolve_settings(
     if user:
         password = _password(env, password_file or prof.get("password_file"), user, interactive, ask_password)
     return Settings(
-        host=first(host, env.get("SOCKFTP_HOST") or None, prof.get("host"), DEFAULT_HOST),
+        host=host_of(first(host, env.get("SOCKFTP_HOST") or None, prof.get("host"), DEFAULT_HOST)),
         port=port,
         user=user,
         password=password,

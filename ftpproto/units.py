@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["endpoint", "parse_size"]
+__all__ = ["endpoint", "host_of", "parse_size"]
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)\s*", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1}
@@ -28,3 +28,8 @@ def parse_size(value: Any) -> int:
 def endpoint(host: str, port: int) -> str:
     """`host:port`, with an IPv6 address in brackets (`[::1]:9999`) so its colons stay apart."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def host_of(text: str) -> str:
+    """A host as typed: `[::1]`, as in URLs and `endpoint()`, is the address `::1`."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text

@@ -23,8 +23,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from ftpproto.units import endpoint, parse_size
+from ftpproto.units import endpoint, host_of, parse_size
 
 from . import systemd
 from .auth import hash_password
@@ -178,7 +179,11 @@ def serve(args: argparse.Namespace) -> int:
     limit_malloc_arenas()
     raise_descriptor_limit()
     config = load_config(args.config)
-    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["host"] = host_of(args.host)
+    if args.port is not None:
+        overrides["port"] = args.port
     config = dataclasses.replace(config, **overrides)
     logging.basicConfig(
         level=(args.log_level or config.log_level).upper(),

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ftpproto.paths import RESERVED_PREFIX
-from ftpproto.units import parse_size
+from ftpproto.units import host_of, parse_size
 
 from .defender import DEFAULT_SCORES, DefenderConfig, Network
 from .hooks import EVENTS, Hook
@@ -238,7 +238,7 @@ def load_config(path: str | Path) -> ServerConfig:
 
     listen = top.section("listen")
     listen.only("host", "port", "proxies")
-    host = listen.get("host", str, "127.0.0.1")
+    host = host_of(listen.get("host", str, "127.0.0.1"))
     proxies = _networks(listen, "proxies")
     port = int(listen.number("port", 9999))
     if port > 65535:

@@ -96,23 +96,29 @@ def read_header(sock: socket.socket, timeout: float) -> Address | None:
     stay unread. Returns what `parse_v1`/`parse_v2` do; raises `ProxyHeaderError` for
     anything else, `TimeoutError` if it is not all there within `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    start = _take(sock, 16, deadline)  # a v2 header's fixed part; less than any v1 line naming a client
-    if start.startswith(V2_SIGNATURE):
-        (length,) = struct.unpack("!H", start[14:16])
+    try:
+        return _read_header(sock, deadline)
+    except TimeoutError:
+        raise TimeoutError(f"no complete PROXY protocol header within {timeout:g} s") from None
+
+
+def _read_header(sock: socket.socket, deadline: float) -> Address | None:
+    start = _take(sock, len(V1_PREFIX), deadline)  # as much as tells the versions (and garbage) apart
+    if start == V2_SIGNATURE[: len(start)]:
+        fixed = start + _take(sock, 16 - len(start), deadline)
+        (length,) = struct.unpack("!H", fixed[14:16])
         if length > V2_MAX:
             raise ProxyHeaderError(f"a v2 header of {length} bytes, over the {V2_MAX} taken")
-        return parse_v2(start + _take(sock, length, deadline))
-    if not start.startswith(V1_PREFIX):
+        return parse_v2(fixed + _take(sock, length, deadline))
+    if start != V1_PREFIX:
         raise ProxyHeaderError("the connection does not start with a PROXY protocol header")
-    if b"\r\n" in start:  # shorter than any line naming a client (PROXY UNKNOWN)
-        return parse_v1(start[: start.index(b"\r\n") + 2])
     line = start
     # The balancer writes the line at once: one look ahead finds its end, and only a line
     # that came in pieces is read a byte at a time.
     sock.settimeout(_left(deadline))
     ahead = sock.recv(V1_MAX - len(line), socket.MSG_PEEK)
     end = (line + ahead).find(b"\r\n")
-    if 0 <= end < V1_MAX:
+    if end >= 0:
         line += _take(sock, end + 2 - len(line), deadline)
     while not line.endswith(b"\r\n"):
         if len(line) >= V1_MAX:

@@ -124,7 +124,7 @@ class FileServer(socketserver.ThreadingTCPServer):
         threading.Thread(target=self._clean_partials, name="partial-cleaner", daemon=True).start()
         if config.anonymous is not None and config.anonymous.can_write and not self._loopback():
             log.warning(
-                "anonymous users may write, and the server listens on %s, where anyone can",
+                "anonymous users may write, and the server listens on %s: anyone who reaches it can upload",
                 config.host or "every address",
             )
         if config.anonymous is not None:

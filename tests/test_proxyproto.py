@@ -118,9 +118,17 @@ def test_the_header_is_read_exactly_and_the_bytes_after_it_stay(tmp_path):
     with ours, theirs:  # ... or not in time
         theirs.sendall(b"PROXY TCP4 192.0.2.7")
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError, match=r"no complete PROXY protocol header within 0\.3 s"):
             read_header(ours, 0.3)
         assert time.monotonic() - started < 2
+    for short in (b"PROXY UNKNOWN\r\n", b"hello\r\n"):  # refused at once, not after the time-out
+        ours, theirs = socket.socketpair()
+        with ours, theirs:
+            theirs.sendall(short)
+            started = time.monotonic()
+            with pytest.raises(ProxyHeaderError):
+                read_header(ours, 5)
+            assert time.monotonic() - started < 1
     ours, theirs = socket.socketpair()
     with ours, theirs:  # a peer that closes half way is not waited for
         theirs.sendall(b"PROXY TCP4 192.0.2.7 127")

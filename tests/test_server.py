@@ -18,6 +18,7 @@ import pytest
 
 from ftpclient import Client
 from ftpproto import BusyError, encode_frame
+from ftpproto.units import host_of
 from ftpserver.server import address_family, peer_address
 
 from .conftest import run_cli_subprocess, wait_until
@@ -794,6 +795,7 @@ def test_the_address_family_follows_the_listen_host():
     assert peer_address(("::ffff:192.0.2.7", 5, 0, 0)) == ("192.0.2.7", 5)
     assert peer_address(("2001:db8::7", 5, 0, 0)) == ("2001:db8::7", 5)
     assert peer_address(("192.0.2.7", 5)) == ("192.0.2.7", 5)
+    assert host_of("[::1]") == "::1" and host_of("::1") == "::1" and host_of("example.org") == "example.org"
 
 
 @needs_ipv6
@@ -804,7 +806,9 @@ def test_a_server_on_ipv6_loopback_serves_the_cli_and_logs_the_peer_in_brackets(
     running = serve(make_config(listen={"host": "::1"}))
     assert running.server.address[0] == "::1"
     (tmp_path / "f.txt").write_bytes(b"over IPv6")
-    put = run_cli_subprocess("--host", "::1", "put", str(tmp_path / "f.txt"), port=running.port)
+    put = run_cli_subprocess(
+        "--host", "[::1]", "put", str(tmp_path / "f.txt"), port=running.port
+    )  # as in URLs
     assert put.returncode == 0, put.stderr
     assert (running.root / "f.txt").read_bytes() == b"over IPv6"
     assert re.search(r"connect \[::1\]:\d+", caplog.text)
