@@ -385,7 +385,9 @@ def _unquote(word: str, quote: str | None) -> str | None:
         parts = shlex.split(word)
     except ValueError:
         return None
-    return parts[0] if len(parts) == 1 else "" if not parts else None
+    if len(parts) > 1:
+        return None
+    return parts[0] if parts else ""
 
 
 def _word_start(line: str, end: int) -> tuple[int, str | None]:

@@ -86,7 +86,7 @@ class Ban:
         return self.until > now
 
 
-def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def ip_of(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     """A peer's address, an IPv4-mapped IPv6 one as IPv4; None if it is not an IP address."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
@@ -97,9 +97,15 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+def in_networks(address: str, networks: tuple[Network, ...]) -> bool:
+    """Whether the peer `address` (an IPv4-mapped one as IPv4) lies in one of `networks`."""
+    ip = ip_of(address)
+    return ip is not None and any(ip.version == net.version and ip in net for net in networks)
+
+
 def source_of(address: str) -> str:
     """The network an address is judged by: the address itself for IPv4, its /64 for IPv6."""
-    ip = _ip(address)
+    ip = ip_of(address)
     if ip is None:
         return address
     if isinstance(ip, ipaddress.IPv6Address):
@@ -196,8 +202,7 @@ class Defender:
     # -- looking up ------------------------------------------------------------
 
     def _safe(self, address: str) -> bool:
-        ip = _ip(address)
-        return ip is not None and any(ip.version == net.version and ip in net for net in self.config.safelist)
+        return in_networks(address, self.config.safelist)
 
     def _reload(self) -> None:
         """Take bans lifted or added by another process (`ftpserver unban`)."""

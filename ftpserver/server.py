@@ -26,7 +26,7 @@ from ftpproto.io.turn import Turn
 from ftpproto.units import endpoint
 
 from .config import Account, ConfigError, ServerConfig, load_config
-from .defender import Defender, Event, source_of
+from .defender import Defender, Event, in_networks, ip_of, source_of
 from .handler import HANDSHAKE_TIMEOUT, Session
 from .hooks import Hooks
 from .metrics import open_metrics
@@ -71,12 +71,8 @@ def peer_address(address: tuple) -> tuple[str, int]:
     """A peer's (host, port): an IPv4 client of a dual-stack listener as IPv4
     (`::ffff:192.0.2.7` is 192.0.2.7 to the limits, the defender and the logs)."""
     host, port = str(address[0]), int(address[1])
-    if ":" in host:
-        with contextlib.suppress(ValueError):
-            mapped = ipaddress.IPv6Address(host.split("%", 1)[0]).ipv4_mapped
-            if mapped is not None:
-                host = str(mapped)
-    return host, port
+    ip = ip_of(host) if ":" in host else None
+    return (str(ip), port) if isinstance(ip, ipaddress.IPv4Address) else (host, port)
 
 
 class FileServer(socketserver.ThreadingTCPServer):
@@ -176,13 +172,7 @@ class FileServer(socketserver.ThreadingTCPServer):
 
     def _from_proxy(self, host: str) -> bool:
         """Whether `host` is a trusted balancer, whose connections begin with a PROXY header."""
-        if not self.config.proxies:
-            return False
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        return any(ip.version == net.version and ip in net for net in self.config.proxies)
+        return bool(self.config.proxies) and in_networks(host, self.config.proxies)
 
     def verify_request(self, request: Request, client_address: tuple) -> bool:
         request = _socket(request)
@@ -263,9 +253,13 @@ class FileServer(socketserver.ThreadingTCPServer):
         finally:
             if counted is not None:
                 with self._lock:
-                    self._per_address[counted] -= 1
-                    if self._per_address[counted] <= 0:
-                        del self._per_address[counted]
+                    self._uncount(counted)
+
+    def _uncount(self, host: str) -> None:
+        """One connection fewer from `host` (the caller holds the lock)."""
+        self._per_address[host] -= 1
+        if self._per_address[host] <= 0:
+            del self._per_address[host]
 
     def _through_proxy(
         self, request: socket.socket, proxy: tuple[str, int]
@@ -295,9 +289,7 @@ class FileServer(socketserver.ThreadingTCPServer):
         if self._banned(request, host):
             return request, None, proxy[0]
         with self._lock:
-            self._per_address[proxy[0]] -= 1
-            if self._per_address[proxy[0]] <= 0:
-                del self._per_address[proxy[0]]
+            self._uncount(proxy[0])
             if self._per_address[host] < self.config.limits.max_connections_per_address:
                 self._per_address[host] += 1
                 return request, client, host

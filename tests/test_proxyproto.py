@@ -173,7 +173,10 @@ def test_the_named_client_is_who_the_logs_and_the_session_see(make_config, serve
 
 def test_limits_and_bans_judge_the_named_client_not_the_balancer(make_config, serve):
     running = behind_proxy(
-        make_config, serve, limits={"max_connections_per_address": 1}, defender={"threshold": 3}
+        make_config,
+        serve,
+        limits={"max_connections_per_address": 1},
+        defender={"threshold": 3, "safelist": []},
     )
     first = through(running, v1("192.0.2.7"))
     assert first.recv()["type"] == "hello"
@@ -333,3 +336,18 @@ def test_an_ipv4_mapped_proxies_entry_means_the_ipv4_address(make_config):
         listen={"host": "::", "port": 0, "proxies": ["::ffff:10.0.0.5", "::ffff:10.1.0.0/112"]}
     )
     assert [str(net) for net in config.proxies] == ["10.0.0.5/32", "10.1.0.0/16"]
+
+
+def test_the_balancers_own_health_checks_never_get_it_banned(make_config, serve):
+    """Checks that greet and hang up without a login score against the balancer's own
+    address (where logins are required): the `proxies` join the safelist, or the fourth
+    check would find the balancer banned, and with it everyone."""
+    running = behind_proxy(
+        make_config, serve, anonymous={"enabled": False}, defender={"threshold": 3, "safelist": []}
+    )
+    for _ in range(6):
+        check = through(running, v2(None, command=0))  # LOCAL, as HAProxy's checks send
+        with check.sock:
+            assert check.recv()["type"] == "hello"
+        assert wait_until(lambda: running.server.session_count == 0, 5)
+    assert running.server.defender.banned("127.0.0.1") is None

@@ -589,19 +589,20 @@ class LocalStorage:
             self.usage.track(self._home(account))
 
     def turns_for(self, account: Account) -> bool:
+        if not self.turns:
+            return False
         home = self._home(account)
         allowed = self._home_turns.get(home)
-        if allowed is None and self.turns:
+        if allowed is None:
             try:
                 fd = open_home(self._root_fd, home)
             except (OSError, ProtocolError):
                 return False  # not there yet: asked again after ensure_home()
             try:
-                allowed = on_local_disk(fd)  # once per home: a mount that comes later needs a restart
+                allowed = self._home_turns[home] = on_local_disk(fd)  # once: a later mount needs a restart
             finally:
                 os.close(fd)
-            self._home_turns[home] = allowed
-        return bool(allowed) and self.turns
+        return allowed
 
     def _count(self, home: tuple[str, ...]) -> int:
         try:
